@@ -1,0 +1,49 @@
+"""gfpo-filters: group filters for GFPO (Group Filtered Policy Optimization).
+
+    from gfpo_filters import load_filter
+    trainer = GFPOTrainer(..., group_filter_func=load_filter("token_efficiency"))
+
+Importing this package loads numpy and pluggy only; torch and trl load when the trainer
+adapter (``gfpo_filters.trainer``) or a torch-backed filter is used.
+"""
+
+__version__ = "0.1.0"
+
+from gfpo_filters.base import GroupFilter, finalize_scores
+from gfpo_filters.errors import (
+    DuplicateFilterError,
+    FilterOutputError,
+    FilterParameterError,
+    GFPOFilterError,
+    GFPOFilterWarning,
+    GroupInputError,
+    PluginLoadError,
+    PluginLoadWarning,
+    UnknownFilterError,
+)
+from gfpo_filters.groups import Groups
+from gfpo_filters.hookspecs import hookimpl
+from gfpo_filters.registry import get_registry, list_filters, load_filter, reset_registry
+from gfpo_filters.selection import gfpo_advantages, topk_mask
+
+__all__ = [
+    "DuplicateFilterError",
+    "FilterOutputError",
+    "FilterParameterError",
+    "GFPOFilterError",
+    "GFPOFilterWarning",
+    "GroupFilter",
+    "GroupInputError",
+    "Groups",
+    "PluginLoadError",
+    "PluginLoadWarning",
+    "UnknownFilterError",
+    "finalize_scores",
+    "get_registry",
+    "gfpo_advantages",
+    "hookimpl",
+    "list_filters",
+    "load_filter",
+    "reset_registry",
+    "topk_mask",
+]

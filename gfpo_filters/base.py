@@ -1,0 +1,132 @@
+"""The filter contract: :class:`GroupFilter`.
+
+A filter gives every completion of every group a score; **higher score = keep**. The
+trainer keeps the top ``k`` of each group. A subclass implements only :meth:`GroupFilter.score`
+on a validated :class:`~gfpo_filters.groups.Groups` batch; this base class
+
+* converts the trainer call (``group_completions=..., group_rewards=..., **kwargs``),
+* checks the returned scores (shape, numbers, finite wherever a reward exists), and
+* enforces the one rule every filter shares: a completion whose reward is missing
+  (None/NaN) is never ranked above one that has a reward.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from typing import Any, ClassVar
+
+import numpy as np
+
+from gfpo_filters.errors import FilterOutputError, FilterParameterError, GFPOFilterWarning
+from gfpo_filters.groups import Groups
+from gfpo_filters.selection import topk_mask
+
+
+class GroupFilter:
+    """Base class of all group filters.
+
+    Subclasses set ``name`` (how ``load_filter`` finds them) and ``description`` (one line),
+    take their parameters as keyword arguments of ``__init__``, store each one under the same
+    attribute name (so ``repr`` and ``params`` can show them), and implement :meth:`score`.
+
+    ``deterministic`` is False for filters whose scores depend on internal state (a seeded
+    random generator): then the same input gives the same scores only for a fresh instance
+    built with the same parameters.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    deterministic: ClassVar[bool] = True
+
+    # ------------------------------------------------------------------ to implement
+    def score(self, groups: Groups) -> np.ndarray:
+        """Return an array of shape ``(groups.n_groups, groups.group_size)``; higher = keep.
+
+        Scores must be finite where ``groups.valid`` is True. Where a reward is missing the
+        score may be anything (NaN included): the base class moves those completions below
+        every scorable one of their group, keeping their relative order.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement score(groups)")
+
+    # ------------------------------------------------------------------ the trainer call
+    def __call__(self, group_completions: Any, group_rewards: Any, **kwargs: Any) -> list[list[float]]:
+        """The ``group_filter_func`` interface: nested lists in, ``list[list[float]]`` out."""
+        groups = Groups.from_call(group_completions, group_rewards, **kwargs)
+        return self.score_groups(groups).tolist()
+
+    def score_groups(self, groups: Groups) -> np.ndarray:
+        """:meth:`score`, checked, with missing-reward completions moved to the bottom."""
+        if groups.n_groups == 0:
+            return np.zeros((0, groups.group_size))
+        raw = self.score(groups)
+        return finalize_scores(raw, groups, self.name or type(self).__name__)
+
+    def select(self, groups: Groups, k: Any) -> np.ndarray:
+        """Boolean mask of the kept completions: top ``k`` (int or one per group) by score."""
+        return topk_mask(self.score_groups(groups), k)
+
+    # ------------------------------------------------------------------ description
+    @classmethod
+    def parameters(cls) -> dict[str, Any]:
+        """Accepted parameters and their defaults (``inspect.Parameter.empty`` if required)."""
+        sig = inspect.signature(cls.__init__)
+        return {
+            p.name: p.default
+            for p in list(sig.parameters.values())[1:]
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        }
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The parameters this instance was built with."""
+        return {p: getattr(self, p, d) for p, d in self.parameters().items()}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{type(self).__name__}({args})"
+
+    # ------------------------------------------------------------------ helpers for subclasses
+    def param_error(self, param: str, message: str) -> FilterParameterError:
+        """An error naming this filter and the offending parameter; ``raise self.param_error(...)``."""
+        return FilterParameterError(f"filter {self.name!r}, parameter {param!r}: {message}")
+
+    def warn(self, message: str) -> None:
+        warnings.warn(f"filter {self.name!r}: {message}", GFPOFilterWarning, stacklevel=3)
+
+
+def finalize_scores(raw: Any, groups: Groups, filter_name: str) -> np.ndarray:
+    """Validate a filter's raw scores and demote completions with missing rewards.
+
+    Raises :class:`FilterOutputError` for a wrong shape, non-numbers, or a non-finite score
+    on a completion that has a reward. Returns finite float64 scores.
+    """
+    if hasattr(raw, "detach"):
+        raw = raw.detach().cpu().numpy()
+    try:
+        scores = np.array(raw, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise FilterOutputError(f"filter {filter_name!r} returned scores that are not numbers: {e}") from None
+    if scores.shape != groups.shape:
+        raise FilterOutputError(
+            f"filter {filter_name!r} returned scores of shape {scores.shape}; expected (n_groups, G) = {groups.shape}"
+        )
+    finite = np.isfinite(scores)
+    bad = ~finite & groups.valid
+    if bad.any():
+        i, j = map(int, np.argwhere(bad)[0])
+        raise FilterOutputError(
+            f"filter {filter_name!r} returned a non-finite score ({scores[i, j]}) for group {i}, completion {j} "
+            f"(reward {groups.rewards[i, j]}); {int(bad.sum())} such score(s) in this batch. "
+            "Scores must be finite wherever the reward is known."
+        )
+    missing = ~groups.valid
+    if missing.any():
+        # Map non-finite scores of missing-reward completions just below the row's finite minimum,
+        # then shift every missing-reward score below the lowest scorable one.
+        lo = np.min(np.where(finite, scores, np.inf), axis=1, keepdims=True)
+        lo = np.where(np.isfinite(lo), lo, 0.0)
+        scores = np.where(finite, scores, lo - 1.0)
+        span = scores.max(axis=1, keepdims=True) - scores.min(axis=1, keepdims=True) + 1.0
+        scores = np.where(missing, scores - span, scores)
+    return scores

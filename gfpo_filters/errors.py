@@ -1,0 +1,46 @@
+"""Exceptions and warnings raised by gfpo-filters.
+
+Every error says what was wrong and where (which filter, parameter, group or plugin),
+so that a failure in step 40,000 of a run can be read without a debugger.
+"""
+
+from __future__ import annotations
+
+
+class GFPOFilterError(Exception):
+    """Base class of every error raised by gfpo-filters."""
+
+
+class GroupInputError(GFPOFilterError, ValueError):
+    """The completions, rewards or extra arguments handed to a filter are malformed."""
+
+
+class FilterOutputError(GFPOFilterError, ValueError):
+    """A filter returned scores of the wrong shape, type or value."""
+
+
+class FilterParameterError(GFPOFilterError, ValueError):
+    """A filter was given a parameter it does not accept, or a value out of range."""
+
+
+class UnknownFilterError(GFPOFilterError, KeyError, ValueError):
+    """No registered filter has the requested name."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class DuplicateFilterError(GFPOFilterError, ValueError):
+    """Two providers register the same filter name."""
+
+
+class PluginLoadError(GFPOFilterError, RuntimeError):
+    """A plugin failed to load and strict mode (GFPO_FILTERS_STRICT=1) is on."""
+
+
+class GFPOFilterWarning(UserWarning):
+    """Something in the input deserves attention but was handled (e.g. empty completions)."""
+
+
+class PluginLoadWarning(GFPOFilterWarning):
+    """A plugin failed to import or register; its filters are unavailable, all others work."""

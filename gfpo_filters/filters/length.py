@@ -1,0 +1,76 @@
+"""Length-based filters from the GFPO paper (Shrivastava et al., arXiv 2508.09726).
+
+Lengths come from the trainer (``completion_lengths`` or ``completion_ids``: true token
+counts). Without them (TRL 1.7.1 passes only texts and rewards) the filter counts tokens with
+its ``tokenizer`` parameter, else falls back to characters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from gfpo_filters.base import GroupFilter
+from gfpo_filters.groups import Groups
+from gfpo_filters.hookspecs import hookimpl
+from gfpo_filters.selection import dense_rank
+
+
+class _LengthBased(GroupFilter):
+    def __init__(self, tokenizer: Any = None) -> None:
+        self.tokenizer = tokenizer
+
+    def lengths(self, groups: Groups) -> np.ndarray:
+        lengths = groups.get_lengths(self.tokenizer)
+        empty = lengths == 0
+        if empty.any():
+            i, j = map(int, np.argwhere(empty)[0])
+            self.warn(
+                f"{int(empty.sum())} empty completion(s) in this batch (first: group {i}, completion {j}); "
+                f"{self._empty_note}"
+            )
+        return lengths
+
+
+class LengthFilter(_LengthBased):
+    """Keep the shortest completions: ``score = -length``."""
+
+    name = "length"
+    description = "Keep the shortest completions (GFPO paper)."
+    _empty_note = "they count as length 0 and rank as the shortest"
+
+    def score(self, groups: Groups) -> np.ndarray:
+        return -self.lengths(groups).astype(np.float64)
+
+
+class TokenEfficiencyFilter(_LengthBased):
+    """Keep the most reward per token: ``score = R / max(L, 1)`` for ``R > 0``.
+
+    Completions with ``R <= 0`` rank below every completion with ``R > 0``; among themselves
+    higher reward first, then shorter first (so with rewards 0/-1, a short 0 beats a long 0,
+    which beats any -1). Their scores lie in (-2, -1).
+    """
+
+    name = "token_efficiency"
+    description = "Keep the highest reward per token, R/|o| (GFPO paper); R <= 0 ranks below, shorter first."
+    _empty_note = "they count as 1 token for reward/length"
+
+    def score(self, groups: Groups) -> np.ndarray:
+        lengths = self.lengths(groups).astype(np.float64)
+        r = groups.rewards
+        positive = r > 0
+        efficiency = np.where(positive, r, 0.0) / np.maximum(lengths, 1.0)
+        if positive.all():
+            return efficiency
+        # Non-positive rewards: lexicographic (reward desc, length asc), squeezed into (-2, -1).
+        g = groups.group_size
+        reward_rank = dense_rank(np.where(groups.valid, -r, np.inf))  # 1 = highest reward
+        lmax = lengths.max() + 1.0
+        below = -1.0 - (reward_rank * lmax + lengths) / ((g + 1) * lmax)
+        return np.where(positive, efficiency, below)
+
+
+@hookimpl
+def register_filters():
+    return [LengthFilter, TokenEfficiencyFilter]

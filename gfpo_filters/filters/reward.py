@@ -1,0 +1,57 @@
+"""Reward-only selection rules: best-of-n (``reward``) and the unbiased baseline (``random``)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gfpo_filters.base import GroupFilter
+from gfpo_filters.groups import Groups
+from gfpo_filters.hookspecs import hookimpl
+
+
+class RewardFilter(GroupFilter):
+    """Keep the highest rewards (best-of-n): ``score = R``.
+
+    With ``threshold`` set, the score is binary: 1 where ``R >= threshold`` (correct), else 0.
+    That is the natural first key of a ``chain`` ("correct first, then shortest").
+    """
+
+    name = "reward"
+    description = "Keep the highest rewards (best-of-n); optional threshold makes it a 0/1 correctness key."
+
+    def __init__(self, threshold: float | None = None) -> None:
+        if threshold is not None and not np.isfinite(threshold):
+            raise self.param_error("threshold", f"must be a finite number or None, got {threshold!r}")
+        self.threshold = threshold
+
+    def score(self, groups: Groups) -> np.ndarray:
+        if self.threshold is None:
+            return groups.rewards.copy()
+        return np.where(groups.valid, (groups.rewards >= self.threshold).astype(np.float64), np.nan)
+
+
+class RandomFilter(GroupFilter):
+    """Keep a uniformly random k of each group: i.i.d. uniform scores from a seeded generator.
+
+    The generator is created from ``seed`` when the filter is built and advances with every
+    call, so a run is reproducible from its seed, and every process of a multi-process run,
+    calling the filter on the same batches, draws the same numbers.
+    """
+
+    name = "random"
+    description = "Keep a uniformly random subset (seeded): the unbiased random-k-of-n baseline."
+    deterministic = False
+
+    def __init__(self, seed: int = 0) -> None:
+        if not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise self.param_error("seed", f"must be a non-negative int, got {seed!r}")
+        self.seed = int(seed)
+        self._rng = np.random.default_rng(self.seed)
+
+    def score(self, groups: Groups) -> np.ndarray:
+        return self._rng.random(groups.shape)
+
+
+@hookimpl
+def register_filters():
+    return [RewardFilter, RandomFilter]
