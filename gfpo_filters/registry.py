@@ -52,6 +52,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "gfpo_filters.filters.reward",
     "gfpo_filters.filters.max_variance",
     "gfpo_filters.filters.combine",
+    "gfpo_filters.filters.diversity",
 )
 
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
