@@ -20,29 +20,38 @@ def _as_k(k: Any, n: int) -> np.ndarray:
     return np.full(n, int(k), dtype=np.int64) if k.ndim == 0 else k
 
 
-def descending_order(scores: np.ndarray) -> np.ndarray:
-    """Per-group indices from best to worst: higher score first, ties by position, NaN last."""
+def descending_order(scores: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """Per-group indices from best to worst: higher score first, ties by position, NaN last.
+
+    With ``valid`` (False where the reward is missing), every valid completion comes before
+    every invalid one, whatever the scores.
+    """
     s = np.asarray(scores, dtype=np.float64)
     # -s puts high scores first; NaN stays NaN and numpy sorts it last; stable keeps ties in order.
-    return np.argsort(-s, axis=1, kind="stable")
+    order = np.argsort(-s, axis=1, kind="stable")
+    if valid is not None:
+        invalid = ~np.take_along_axis(np.asarray(valid, dtype=bool), order, axis=1)
+        order = np.take_along_axis(order, np.argsort(invalid, axis=1, kind="stable"), axis=1)
+    return order
 
 
-def ranks(scores: np.ndarray) -> np.ndarray:
+def ranks(scores: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
     """0-based position of each completion in :func:`descending_order` (0 = best)."""
-    order = descending_order(scores)
+    order = descending_order(scores, valid)
     out = np.empty_like(order)
     np.put_along_axis(out, order, np.arange(order.shape[1])[None, :], axis=1)
     return out
 
 
-def topk_mask(scores: np.ndarray, k: Any) -> np.ndarray:
+def topk_mask(scores: np.ndarray, k: Any, valid: np.ndarray | None = None) -> np.ndarray:
     """Boolean mask (n_groups, G) of the kept completions.
 
     ``k`` is one int or one int per group (adaptive k). Deterministic: equal scores are
-    resolved by position, so the same scores always give the same mask.
+    resolved by position, so the same scores always give the same mask. ``valid`` as in
+    :func:`descending_order`.
     """
     scores = np.asarray(scores, dtype=np.float64)
-    return ranks(scores) < _as_k(k, scores.shape[0])[:, None]
+    return ranks(scores, valid) < _as_k(k, scores.shape[0])[:, None]
 
 
 def dense_rank(x: np.ndarray) -> np.ndarray:

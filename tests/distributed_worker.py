@@ -1,0 +1,77 @@
+"""Worker for the two-process test: ``torchrun --nproc_per_node 2 tests/distributed_worker.py OUT_DIR``.
+
+One group of G = 8 completions spans both processes (4 rows each). The filter keeps the first
+four, which all live on process 0, so process 1 holds none of the kept rows itself. Each process
+writes what it saw to OUT_DIR/rank{N}.json for the test to compare.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gfpo_filters.trainer import GFPOTrainer  # noqa: E402
+from tests.trainer_utils import Recorder, capture_batches, decode_rows, tiny_args, tiny_parts  # noqa: E402
+
+G, K = 8, 4
+
+
+class FirstFour:
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, group_completions, group_rewards, **kwargs):
+        self.calls.append((group_completions, group_rewards))
+        return [[float(G - j) for j in range(G)] for _ in group_completions]
+
+
+def hand_advantages(rewards):
+    kept = rewards[:K]
+    mean = sum(kept) / K
+    std = math.sqrt(sum((r - mean) ** 2 for r in kept) / K)
+    return [(r - mean) / (std + 1e-4) if j < K else 0.0 for j, r in enumerate(rewards)]
+
+
+def main(out_dir: str) -> None:
+    parts = tiny_parts()
+    args = tiny_args(
+        out_dir, per_device_train_batch_size=4, num_generations=G, num_remains_in_group=K, max_steps=2, ddp_backend="gloo"
+    )
+    filt = FirstFour()
+    trainer = GFPOTrainer(
+        model=parts["model"],
+        reward_funcs=[Recorder()],
+        args=args,
+        train_dataset=parts["train_dataset"],
+        processing_class=parts["processing_class"],
+        group_filter_func=filt,
+    )
+    assert trainer.accelerator.num_processes == 2, "expected two processes"
+    batches = capture_batches(trainer)
+    trainer.train()
+    steps = []
+    for (groups, rewards), batch in zip(filt.calls, batches):
+        real = batch["completion_mask"].sum(dim=1) > 0
+        texts = decode_rows(batch, trainer.processing_class)
+        rows = [[t, round(float(a), 5)] for t, a, r in zip(texts, batch["advantages"].tolist(), real.tolist()) if r]
+        steps.append(
+            {
+                "groups": groups,
+                "kept": [[j < K for j in range(G)] for _ in groups],
+                "advantages": [hand_advantages([r if r is not None else float("nan") for r in row]) for row in rewards],
+                "rows": rows,
+            }
+        )
+    rank = trainer.accelerator.process_index
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"steps": steps}))
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    main(sys.argv[1])

@@ -1,0 +1,254 @@
+"""GFPOTrainer on tiny models built in code: grouping, selection, advantages, adaptive k, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("trl")
+
+from gfpo_filters import FilterOutputError, UnknownFilterError, load_filter  # noqa: E402
+from gfpo_filters.adaptive import AdaptiveK  # noqa: E402
+from gfpo_filters.trainer import GFPOConfig, GFPOTrainer  # noqa: E402
+from tests.trainer_utils import (  # noqa: E402
+    CheckingFilter,
+    Recorder,
+    capture_batches,
+    decode_rows,
+    expected_selection,
+    reward_of,
+    tiny_args,
+    tiny_parts,
+)
+
+pytestmark = pytest.mark.trainer
+
+
+def make(tmp_path, group_filter_func, reward_funcs=None, **overrides):
+    parts = tiny_parts()
+    return GFPOTrainer(
+        model=parts["model"],
+        reward_funcs=reward_funcs or [Recorder()],
+        args=tiny_args(str(tmp_path), **overrides),
+        train_dataset=parts["train_dataset"],
+        processing_class=parts["processing_class"],
+        group_filter_func=group_filter_func,
+    )
+
+
+def test_each_group_is_one_prompt_and_advantages_match_hand_computation(tmp_path):
+    recorder = Recorder()
+    check = CheckingFilter(recorder, group_size=4)
+    trainer = make(tmp_path, check, reward_funcs=[recorder], max_steps=2)
+    batches = capture_batches(trainer)
+    trainer.train()
+
+    assert len(check.calls) == 2 and len(batches) == 2
+    for call, batch in zip(check.calls, batches):
+        groups, rewards = call["group_completions"], call["group_rewards"]
+        assert len(groups) == 3 and all(len(g) == 4 for g in groups)  # 3 prompts per batch
+        assert rewards == [[reward_of(c) for c in g] for g in groups]
+        # The filter got true token counts and the per-group prompts.
+        assert [[len(ids) for ids in g] for g in call["completion_ids"]] == np.asarray(call["completion_lengths"]).tolist()
+        assert call["num_remains_in_group"] == 3 and len(call["prompts"]) == 3
+
+        kept, advantages = expected_selection(np.asarray(call["completion_lengths"]).tolist(), rewards, k=3)
+        expected_rows = sorted(
+            (groups[i][j], round(advantages[i][j], 5)) for i in range(3) for j in kept[i]
+        )
+        got_rows = sorted(
+            zip(decode_rows(batch, trainer.processing_class), np.round(batch["advantages"].tolist(), 5).tolist())
+        )
+        # Exactly the kept rows reach the loss (9 of 12), each with its hand-computed advantage.
+        assert len(got_rows) == 9
+        assert got_rows == expected_rows
+        assert int(batch["num_items_in_batch"]) == int(batch["completion_mask"].sum())
+
+    logged = {k for h in trainer.state.log_history for k in h}
+    assert {"gfpo/k_mean", "gfpo/kept_length_mean", "gfpo/all_length_mean", "gfpo/kept_reward_mean"} <= logged
+
+
+def test_trl_171_gfpo_trainer_mixes_groups(tmp_path):
+    """The same check run against TRL 1.7.1's own GFPOTrainer fails: it slices groups as [i : i + G]."""
+    gfpo = pytest.importorskip("trl.experimental.gfpo", reason="TRL >= 1.8 has no GFPO of its own")
+    parts = tiny_parts()
+    recorder = Recorder()
+    trl_args = gfpo.GFPOConfig(
+        output_dir=str(tmp_path), per_device_train_batch_size=12, num_generations=4, num_remains_in_group=3,
+        max_completion_length=10, max_steps=1, report_to="none", use_cpu=True, beta=0.0, save_strategy="no", seed=0,
+    )
+    trainer = gfpo.GFPOTrainer(
+        model=parts["model"],
+        reward_funcs=[recorder],
+        args=trl_args,
+        train_dataset=parts["train_dataset"],
+        processing_class=parts["processing_class"],
+        group_filter_func=CheckingFilter(recorder, group_size=4),
+    )
+    with pytest.raises(AssertionError, match="group 1 received completions of other prompts"):
+        trainer.train()
+
+
+def test_named_filter_and_metrics(tmp_path):
+    trainer = make(tmp_path, "token_efficiency", reward_funcs=[Recorder()], num_remains_in_group=2)
+    assert trainer.group_filter_func.name == "token_efficiency"
+    batches = capture_batches(trainer)
+    trainer.train()
+    assert len(batches[0]["advantages"]) == 6  # 3 groups x k=2
+    history = [h for h in trainer.state.log_history if "gfpo/k_mean" in h]
+    assert history[0]["gfpo/k_mean"] == 2 and history[0]["gfpo/kept_fraction"] == 0.5
+
+
+def test_padding_rows_make_micro_batches_equal(tmp_path):
+    # 3 groups x k=3 = 9 kept rows split over steps_per_generation=2 micro-batches -> one padding row.
+    recorder = Recorder()
+    trainer = make(tmp_path, CheckingFilter(recorder, 4), reward_funcs=[recorder], steps_per_generation=2,
+                   gradient_accumulation_steps=2, per_device_train_batch_size=6)
+    batches = capture_batches(trainer)
+    trainer.train()
+    batch = batches[0]
+    assert len(batch["advantages"]) == 10
+    pad = batch["completion_mask"].sum(dim=1) == 0
+    assert int(pad.sum()) >= 1 and batch["advantages"][pad].abs().sum() == 0
+
+
+def test_evaluation_is_unfiltered(tmp_path):
+    parts = tiny_parts()
+    trainer = GFPOTrainer(
+        model=parts["model"], reward_funcs=[Recorder()], processing_class=parts["processing_class"],
+        args=tiny_args(str(tmp_path), per_device_eval_batch_size=12, eval_strategy="no"),
+        train_dataset=parts["train_dataset"], eval_dataset=parts["train_dataset"].select(range(3)),
+        group_filter_func="length",
+    )
+    batches = capture_batches(trainer)
+    trainer.model.eval()
+    trainer._generate_and_score_completions([{"prompt": p} for p in ["abcd"] * 4 + ["efgh"] * 4 + ["ijkl"] * 4])
+    assert len(batches[0]["advantages"]) == 12
+
+
+# ---------------------------------------------------------------------- adaptive k
+def test_adaptive_buckets_by_hand():
+    a = AdaptiveK([8, 8, 6, 4], warmup_k=8, window=8)
+    a.update(np.array([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]))
+    # Mid-rank percentiles: 0.0 -> 1/16 (very hard), 0.25 -> 0.25 (hard), 0.45 -> 0.625 (medium), 0.7 -> 15/16 (easy)
+    assert a.buckets(np.array([0.0, 0.25, 0.45, 0.7, 1.0])).tolist() == [0, 1, 2, 3, 3]
+    # Ties: an all-equal window puts everything in "medium" rather than at an extreme.
+    b = AdaptiveK([8, 8, 6, 4], warmup_k=8, window=4)
+    b.update(np.zeros(4))
+    assert b.buckets(np.array([0.0])).tolist() == [2]
+    assert b.buckets(np.array([-1.0, 1.0])).tolist() == [0, 3]
+
+
+def test_adaptive_assign_warmup_window_and_missing():
+    a = AdaptiveK([8, 8, 6, 4], warmup_k=5, warmup_steps=2, window=4)
+    rewards = np.array([[0, 0, 0, 0], [1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1], [np.nan] * 4])
+    k, buckets = a.assign(rewards, step=0)
+    assert k.tolist() == [5] * 5  # warm-up
+    assert buckets.tolist() == [0, 1, 2, 3, -1] and len(a) == 4  # the missing group is not in the window
+    k, _ = a.assign(rewards, step=2)
+    assert k.tolist() == [8, 8, 6, 4, 5]
+    restored = AdaptiveK([8, 8, 6, 4], warmup_k=5, warmup_steps=2, window=4)
+    restored.load_state_dict(json.loads(json.dumps(a.state_dict())))
+    assert restored.buckets(np.array([0.3])).tolist() == a.buckets(np.array([0.3])).tolist() and len(restored) == 4
+
+
+def test_adaptive_k_through_a_training_step_and_resume(tmp_path):
+    # Rewards make three difficulties: prompt difficulty = mean of (len mod 5)/4 varies by group.
+    check = CheckingFilter(recorder := Recorder(), 4)
+    trainer = make(tmp_path, check, reward_funcs=[recorder], num_generations=4, num_remains_in_group=2,
+                   adaptive_k=[4, 3, 3, 2], adaptive_window=64, max_steps=2, save_strategy="steps", save_steps=2)
+    batches = capture_batches(trainer)
+    trainer.train()
+    call, batch = check.calls[-1], batches[-1]
+    k = call["num_remains_in_group"]
+    k = [k] * 3 if isinstance(k, int) else k
+    assert all(v in (2, 3, 4) for v in k)
+    assert len(batch["advantages"]) == sum(k)  # variable k per group, all of it in one update
+    state = json.loads((tmp_path / "checkpoint-2" / "gfpo_state.json").read_text())["adaptive"]
+    assert len(state["values"]) == 6  # two batches of 3 prompts
+
+    resumed = make(tmp_path, "length", num_generations=4, num_remains_in_group=2, adaptive_k=[4, 3, 3, 2],
+                   adaptive_window=64, max_steps=3)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    assert list(resumed._adaptive._values)[:6] == state["values"]
+
+
+# ---------------------------------------------------------------------- configuration errors
+@pytest.mark.parametrize("k", [1, 4, 0])
+def test_k_out_of_range_is_rejected_at_config_time(tmp_path, k):
+    with pytest.raises(ValueError, match=rf"num_remains_in_group={k} is out of range.*from 2 to 3"):
+        tiny_args(str(tmp_path), num_remains_in_group=k)
+
+
+def test_bad_adaptive_config(tmp_path):
+    with pytest.raises(ValueError, match=r"adaptive_k=\[8, 8, 6\] must be 4 ints"):
+        tiny_args(str(tmp_path), adaptive_k=[8, 8, 6])
+    with pytest.raises(ValueError, match=r"each from 2 to num_generations=4"):
+        tiny_args(str(tmp_path), adaptive_k=[8, 8, 6, 4])
+
+
+def test_unknown_filter_name(tmp_path):
+    with pytest.raises(UnknownFilterError, match=r"unknown filter 'lenght'.*Did you mean 'length'"):
+        make(tmp_path, "lenght")
+
+
+def test_filter_without_k_and_k_without_filter(tmp_path):
+    with pytest.raises(ValueError, match="num_remains_in_group is not set"):
+        make(tmp_path, "length", num_remains_in_group=None)
+    with pytest.raises(ValueError, match="no group_filter_func was given"):
+        make(tmp_path, None)
+
+
+def test_filter_returning_wrong_shape_during_training(tmp_path):
+    def broken(group_completions, group_rewards):
+        return [[1.0, 2.0]] * len(group_completions)
+
+    trainer = make(tmp_path, broken)
+    with pytest.raises(FilterOutputError, match=r"group filter 'test_filter_returning_wrong_shape_during_training.<locals>.broken' returned scores of shape \(3, 2\); expected \(groups, G\) = \(3, 4\)"):
+        trainer.train()
+
+
+def test_nan_scores_and_missing_rewards_never_win(tmp_path):
+    """A plain callable returning NaN for the highest-ranked slots: finite scores still win."""
+    seen = []
+
+    def nan_first(group_completions, group_rewards):
+        seen.append(group_rewards)
+        return [[float("nan"), 5.0, 1.0, 3.0] for _ in group_completions]
+
+    trainer = make(tmp_path, nan_first, num_remains_in_group=2)
+    batches = capture_batches(trainer)
+    trainer.train()
+    texts = decode_rows(batches[0], trainer.processing_class)
+    assert len(texts) == 6  # positions 1 and 3 of each group
+    assert all(r is None or isinstance(r, float) for row in seen[0] for r in row)
+
+
+# ---------------------------------------------------------------------- two processes
+@pytest.mark.distributed
+def test_two_processes_agree_and_train_each_kept_row_once(tmp_path):
+    worker = Path(__file__).with_name("distributed_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           str(worker), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for step in range(len(ranks[0]["steps"])):
+        a, b = ranks[0]["steps"][step], ranks[1]["steps"][step]
+        # Both processes computed the same selection and saw the same groups.
+        assert a["kept"] == b["kept"] and a["groups"] == b["groups"]
+        groups, kept = a["groups"], a["kept"]
+        expected = sorted((groups[i][j], round(adv, 5)) for i, row in enumerate(a["advantages"]) for j, adv in enumerate(row) if kept[i][j])
+        trained = sorted(tuple(x) for x in a["rows"] + b["rows"])
+        # Every kept row is trained exactly once, on one of the two processes, with its advantage.
+        assert trained == expected
+        # The filter keeps the first four of a group of 8 split 4 + 4: process 1 holds none of them
+        # itself, yet both processes train the same number of rows (kept rows are spread evenly).
+        assert len(a["rows"]) == len(b["rows"]) == 2
