@@ -16,6 +16,7 @@ from collections.abc import Sequence
 #: command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "list": ("gfpo_filters.cli", "List the registered filters and the plugins that provide them."),
+    "bench": ("gfpo_filters.bench", "Measure what filters keep (length, reward, accuracy, signal) and how fast they run."),
 }
 
 
