@@ -84,22 +84,25 @@ def test_token_efficiency_is_reward_per_token_for_positive_rewards():
 
 
 def test_token_efficiency_correct_short_beats_correct_long_beats_wrong():
-    # 0/1 rewards: correct ones by R/L, wrong ones below all of them, shorter wrong first.
+    # 0/1 rewards: correct ones by R/L, all above the wrong ones; wrong ones longer first.
     lengths = [[30, 10, 5, 50, 20]]
     scores = call("token_efficiency", [["x"] * 5], [[1, 1, 0, 1, 0]], completion_lengths=lengths)
     order = np.argsort(-scores[0], kind="stable").tolist()
-    assert order == [1, 0, 3, 2, 4]
+    assert order == [1, 0, 3, 4, 2]
     assert scores[0, 1] == pytest.approx(0.1)
     assert (scores[0, [2, 4]] < -1).all() and (scores[0, [2, 4]] > -2).all()
 
 
-def test_token_efficiency_with_nonpositive_rewards_orders_by_reward_then_length():
-    # A penalty-style reward: correct = 0, wrong = -1. Expected order: 0 short, 0 long, -1 short, -1 long.
-    # lmax = 41, G = 4: score = -1 - (rank_R * 41 + L) / (5 * 41)
-    scores = call("token_efficiency", [["x"] * 4], [[-1, 0, 0, -1]], completion_lengths=[[5, 40, 10, 3]])
-    assert np.argsort(-scores[0], kind="stable").tolist() == [2, 1, 3, 0]
-    assert scores[0, 2] == pytest.approx(-1 - (1 * 41 + 10) / 205)
-    assert scores[0, 0] == pytest.approx(-1 - (2 * 41 + 5) / 205)
+def test_token_efficiency_with_nonpositive_rewards_orders_by_reward_then_longer():
+    # Negative rewards: higher reward first; at equal reward the longer first, as R/L would for R < 0.
+    # lmax = 41, G = 4: score = -1 - (rank_R * 41 + (40 - L)) / (5 * 41)
+    scores = call("token_efficiency", [["x"] * 4], [[-1, -0.5, -0.5, -1]], completion_lengths=[[5, 40, 10, 3]])
+    assert np.argsort(-scores[0], kind="stable").tolist() == [1, 2, 0, 3]
+    assert scores[0, 1] == pytest.approx(-1 - (1 * 41 + 0) / 205)
+    assert scores[0, 0] == pytest.approx(-1 - (2 * 41 + 35) / 205)
+    # Agrees with the paper's R/L wherever R/L orders a negative reward by length alone.
+    plain = np.array([[-1 / 5, -0.5 / 40, -0.5 / 10, -1 / 3]])
+    assert np.argsort(-plain[0]).tolist()[:2] == [1, 2]
 
 
 def test_token_efficiency_empty_completion_counts_one_token():

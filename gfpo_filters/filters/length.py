@@ -45,15 +45,17 @@ class LengthFilter(_LengthBased):
 
 
 class TokenEfficiencyFilter(_LengthBased):
-    """Keep the most reward per token: ``score = R / max(L, 1)`` for ``R > 0``.
+    """Keep the most reward per token: ``score = R / max(L, 1)`` for ``R > 0`` (the paper's metric).
 
-    Completions with ``R <= 0`` rank below every completion with ``R > 0``; among themselves
-    higher reward first, then shorter first (so with rewards 0/-1, a short 0 beats a long 0,
-    which beats any -1). Their scores lie in (-2, -1).
+    Completions with ``R <= 0`` rank below every completion with ``R > 0``; among themselves,
+    higher reward first and, at equal reward, **longer first**. That agrees with ``R / L`` for
+    negative rewards (-1/100 > -1/10), and it decides which wrong completions enter the kept set
+    and take the negative advantages: the long ones, which pushes length down (keeping the short
+    wrong ones would penalise brevity). Their scores lie in (-2, -1).
     """
 
     name = "token_efficiency"
-    description = "Keep the highest reward per token, R/|o| (GFPO paper); R <= 0 ranks below, shorter first."
+    description = "Keep the highest reward per token, R/|o| (GFPO paper); R <= 0 ranks below, by reward then longer."
     _empty_note = "they count as 1 token for reward/length"
 
     def score(self, groups: Groups) -> np.ndarray:
@@ -63,11 +65,11 @@ class TokenEfficiencyFilter(_LengthBased):
         efficiency = np.where(positive, r, 0.0) / np.maximum(lengths, 1.0)
         if positive.all():
             return efficiency
-        # Non-positive rewards: lexicographic (reward desc, length asc), squeezed into (-2, -1).
+        # Non-positive rewards: lexicographic (reward desc, length desc), squeezed into (-2, -1).
         g = groups.group_size
         reward_rank = dense_rank(np.where(groups.valid, -r, np.inf))  # 1 = highest reward
         lmax = lengths.max() + 1.0
-        below = -1.0 - (reward_rank * lmax + lengths) / ((g + 1) * lmax)
+        below = -1.0 - (reward_rank * lmax + (lmax - 1.0 - lengths)) / ((g + 1) * lmax)
         return np.where(positive, efficiency, below)
 
 
