@@ -68,7 +68,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = (
         "examples:\n"
-        "  gfpo-filters bench                                   # synthetic groups, every filter without required params\n"
+        "  gfpo-filters bench                                   # synthetic groups, every filter that needs no parameters\n"
         "  gfpo-filters bench --data rollouts.jsonl -f token_efficiency,length,random -k 2,4\n"
         "  gfpo-filters bench --data r.jsonl -f tri=diversity --param tri.ngram=3 -k 4 --json\n"
         "  gfpo-filters bench -f weighted --params '{\"weighted\": {\"filters\": [\"length\", \"reward\"]}}'\n"
@@ -81,7 +81,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-f", "--filters", action="append", metavar="SPEC", default=[],
         help="comma-separated filters: NAME or LABEL=NAME (to bench one filter under several parameter sets); "
-        "repeatable. Default: every registered filter that needs no parameters",
+        "repeatable. Default: every registered filter that can be built without parameters",
     )
     parser.add_argument(
         "--param", action="append", metavar="LABEL.KEY=VALUE", default=[],
@@ -273,16 +273,26 @@ def parse_filter_specs(filters: Sequence[str], params: Sequence[str], params_jso
 
 
 def default_filter_specs() -> list[FilterSpec]:
-    """Every registered filter whose parameters all have defaults."""
-    import inspect
-
+    """Every registered filter that can be built without parameters (the others are named on stderr)."""
+    from gfpo_filters.errors import FilterParameterError
     from gfpo_filters.registry import list_filters
 
-    return [
-        FilterSpec(info.name, info.name)
-        for info in list_filters()
-        if all(v is not inspect.Parameter.empty for v in info.cls.parameters().values())
-    ]
+    specs, skipped = [], []
+    for info in list_filters():
+        spec = FilterSpec(info.name, info.name)
+        try:
+            spec.build()
+        except FilterParameterError:
+            skipped.append(info.name)
+            continue
+        specs.append(spec)
+    if skipped:
+        print(
+            f"note: not benchmarked by default because they need parameters: {', '.join(skipped)} "
+            "(name them with -f and give --param)",
+            file=sys.stderr,
+        )
+    return specs
 
 
 def _require_matplotlib() -> None:

@@ -187,7 +187,8 @@ def test_usage_errors_are_one_line_not_tracebacks(args, message, capsys):
     rc = main(["bench", "--no-progress", *args])
     out, err = capsys.readouterr()
     assert rc == 2 and out == ""
-    assert err.startswith("gfpo-filters bench: error: ") and message in err and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("gfpo-filters bench: error: ") and message in last and "Traceback" not in err
 
 
 def test_synthetic_options_conflict_with_data(tiny, capsys):
@@ -203,11 +204,12 @@ def test_bad_rollout_line_is_named(tmp_path, capsys):
 
 
 def test_synthetic_default_runs_every_parameterless_filter(capsys):
-    rc, recs, _ = bench_json(capsys, "--groups", "6", "--group-size", "4")
+    rc, recs, err = bench_json(capsys, "--groups", "6", "--group-size", "4")
     benched = {r["filter"] for r in recs}
     assert rc == 0
     assert {"length", "token_efficiency", "reward", "random", "max_variance"} <= benched
     assert not benched & {"weighted", "chain"}  # they need parameters
+    assert "note: not benchmarked by default because they need parameters: " in err and "chain" in err
     assert all(r["k"] == 1 and r["n_groups"] == 6 and r["completions_per_s"] > 0 for r in recs)  # default k = G // 4
 
 

@@ -25,11 +25,23 @@ from gfpo_filters.testing import (
 
 pytest_plugins = ["pytester"]
 
-# Built-ins whose parameters have no defaults, and what to check them with.
+def _learned_params() -> dict:
+    torch = pytest.importorskip("torch")
+
+    class ShorterFirst(torch.nn.Module):  # the smallest model the learned filter accepts: model(batch) -> (B,)
+        def forward(self, batch):
+            return -batch.lengths.float()
+
+    return {"model": ShorterFirst()}
+
+
+# Built-ins that cannot be built without parameters, and what to check them with (a dict, or a
+# function returning one when building the parameters is expensive).
 REQUIRED_PARAMS = {
     "max_variance": {"k": 2},
     "weighted": {"filters": ["token_efficiency", "length"], "weights": [1.0, 0.5]},
     "chain": {"filters": [("reward", {"threshold": 1.0}), "length"]},
+    "learned": _learned_params,
 }
 # More parameter sets worth checking.
 EXTRA_PARAMS = [
@@ -48,6 +60,7 @@ def _builtins() -> list[str]:
 @pytest.mark.parametrize("name", _builtins())
 def test_every_builtin_conforms(name):
     params = REQUIRED_PARAMS.get(name, {})
+    params = params() if callable(params) else params
     try:
         report = check_filter(name, **params)
     except gfpo_filters.FilterParameterError as e:  # pragma: no cover - only when a new built-in needs parameters
