@@ -1,0 +1,175 @@
+"""``gfpo-filters demo``: GRPO vs GFPO on a toy task where GRPO inflates length (CPU, no downloads).
+
+Three runs from the same seed and the same tiny policy (see :mod:`gfpo_filters.toy`): GRPO on all
+16 completions per prompt, GFPO keeping the 8 of 16 with the best ``token_efficiency`` (the
+paper's token-efficiency setting) and GFPO keeping the 4 shortest of 16 (``length``). The reward
+is 1 when the completion contains an ``x``, so longer random completions earn more. The command
+prints mean completion length and reward over training, and writes ``history.json`` and
+``demo.png`` (with the ``plot`` extra) to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+#: (label, filter name, k); None = GRPO.
+VARIANTS: list[tuple[str, str | None, int | None]] = [
+    ("GRPO", None, None),
+    ("GFPO token_efficiency 8/16", "token_efficiency", 8),
+    ("GFPO length 4/16", "length", 4),
+]
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--steps", type=int, default=300, help="training steps per run (default 300)")
+    parser.add_argument("--out", default="demo-output", help="folder for history.json and demo.png")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--learning-rate", type=float, default=5e-4)
+    parser.add_argument("--jobs", type=int, default=min(3, os.cpu_count() or 1), help="runs in parallel (1 thread each)")
+    parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
+
+
+def train_variant(label: str, filter_name: str | None, k: int | None, steps: int, seed: int, lr: float, out: str) -> dict[str, Any]:
+    """Train one variant and return its logged history (runs in a worker process)."""
+    import logging
+    import warnings
+
+    import torch
+
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+
+    from gfpo_filters.toy import build_dataset, build_model, build_tokenizer, contains_target
+    from gfpo_filters.trainer import GFPOConfig, GFPOTrainer
+
+    import tempfile
+
+    from transformers import PrinterCallback
+
+    args = GFPOConfig(
+        output_dir=tempfile.mkdtemp(prefix="gfpo-demo-"),  # nothing is saved there (save_strategy="no")
+        per_device_train_batch_size=32,  # 2 prompts x 16 completions per step
+        num_generations=16,
+        num_remains_in_group=k,
+        max_completion_length=48,
+        learning_rate=lr,
+        max_steps=steps,
+        logging_steps=10 if steps >= 50 else 1,
+        beta=0.0,
+        seed=seed,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        bf16=False,
+    )
+    trainer = GFPOTrainer(
+        model=build_model(seed),
+        reward_funcs=contains_target,
+        args=args,
+        train_dataset=build_dataset(64, seed),
+        processing_class=build_tokenizer(),
+        group_filter_func=filter_name,
+    )
+    trainer.remove_callback(PrinterCallback)  # the parent prints one table instead
+    start = time.perf_counter()
+    trainer.train()
+    history = [
+        {
+            "step": h["step"],
+            "length": h["completions/mean_length"],
+            "reward": h["reward"],
+            "kept_length": h.get("gfpo/kept_length_mean"),
+            "kept_zero_std": h.get("gfpo/frac_kept_zero_std"),
+        }
+        for h in trainer.state.log_history
+        if "completions/mean_length" in h
+    ]
+    return {"label": label, "filter": filter_name, "k": k, "seconds": time.perf_counter() - start, "history": history}
+
+
+def format_table(results: list[dict[str, Any]]) -> str:
+    steps = [h["step"] for h in results[0]["history"]]
+    shown = sorted({steps[0], *steps[len(steps) // 4 :: max(1, len(steps) // 4)], steps[-1]})
+    header = f"{'step':>5} | " + " | ".join(f"{r['label']:^28}" for r in results)
+    sub = f"{'':>5} | " + " | ".join(f"{'length':>13} {'reward':>14}" for _ in results)
+    lines = [header, sub, "-" * len(header)]
+    for step in shown:
+        cells = []
+        for r in results:
+            h = next(x for x in r["history"] if x["step"] == step)
+            cells.append(f"{h['length']:>13.1f} {h['reward']:>14.2f}")
+        lines.append(f"{step:>5} | " + " | ".join(cells))
+    return "\n".join(lines)
+
+
+def save_plot(results: list[dict[str, Any]], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install 'gfpo-filters[plot]')", file=sys.stderr)
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for r in results:
+        steps = [h["step"] for h in r["history"]]
+        axes[0].plot(steps, [h["length"] for h in r["history"]], label=r["label"])
+        axes[1].plot(steps, [h["reward"] for h in r["history"]], label=r["label"])
+    axes[0].set(xlabel="step", ylabel="mean completion length (tokens)", title="Length")
+    axes[1].set(xlabel="step", ylabel="mean reward (all 16 samples)", title="Reward", ylim=(0, 1.05))
+    axes[0].legend()
+    fig.suptitle("Toy task: reward 1 if the completion contains 'x' (cap 48 tokens)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def run(args: argparse.Namespace) -> int:
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    if args.steps < 1:
+        print("--steps must be at least 1", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = max(1, min(args.jobs, len(VARIANTS)))
+    print(f"Training {len(VARIANTS)} tiny policies for {args.steps} steps each on CPU ({jobs} at a time)...", flush=True)
+    start = time.perf_counter()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        futures = [
+            pool.submit(train_variant, label, name, k, args.steps, args.seed, args.learning_rate, str(out))
+            for label, name, k in VARIANTS
+        ]
+        results = []
+        for future in futures:
+            results.append(future.result())
+            print(f"  done: {results[-1]['label']} ({results[-1]['seconds']:.0f} s)", flush=True)
+    print()
+    print(format_table(results))
+    print()
+    for r in results:
+        first, last = r["history"][0], r["history"][-1]
+        print(
+            f"{r['label']:<28} length {first['length']:5.1f} -> {last['length']:5.1f}   "
+            f"reward {first['reward']:.2f} -> {last['reward']:.2f}"
+        )
+    (out / "history.json").write_text(json.dumps(results, indent=1))
+    plotted = not args.no_plot and save_plot(results, out / "demo.png")
+    print(f"\nwrote {out / 'history.json'}" + (f" and {out / 'demo.png'}" if plotted else "")
+          + f" in {time.perf_counter() - start:.0f} s")
+    return 0

@@ -1,0 +1,35 @@
+"""The README's main job, ``gfpo-filters demo``, on a few steps."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gfpo_filters.cli import main
+
+pytestmark = pytest.mark.trainer
+
+
+def test_demo_runs_all_variants_and_writes_history(tmp_path, capsys):
+    assert main(["demo", "--steps", "2", "--out", str(tmp_path), "--jobs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "GFPO token_efficiency 8/16" in out and "GFPO length 4/16" in out and "GRPO" in out
+    results = json.loads((tmp_path / "history.json").read_text())
+    assert [(r["filter"], r["k"]) for r in results] == [(None, None), ("token_efficiency", 8), ("length", 4)]
+    for r in results:
+        assert [h["step"] for h in r["history"]] == [1, 2]
+        assert all(0 < h["length"] <= 48 and 0 <= h["reward"] <= 1 for h in r["history"])
+    # The same seed gives every run the same first batch.
+    assert len({r["history"][0]["length"] for r in results}) == 1
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert not (tmp_path / "demo.png").exists()
+    else:
+        assert (tmp_path / "demo.png").stat().st_size > 10_000
+
+
+def test_demo_rejects_bad_steps(capsys):
+    assert main(["demo", "--steps", "0"]) == 2
+    assert "--steps must be at least 1" in capsys.readouterr().err
