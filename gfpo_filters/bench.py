@@ -32,8 +32,9 @@ Definitions
                      every group for GFPO, all rows for GRPO). Advantages sum to 0 in each
                      group, so this equals mean(A*L): the average push of the policy gradient on
                      length, in length units. Negative = training favours shorter completions.
-                     Per prompt the push is the sum over its rows: k * pressure (GFPO) vs
-                     G * pressure (GRPO) when every reward is known.
+    length push      sum(A*L) over the rows of a group, averaged over groups (JSON only): the push
+                     per prompt, k * pressure for GFPO and G * pressure for GRPO when every
+                     reward is known (GFPO trains on k rows of a prompt, GRPO on G).
 
 Groups whose rewards are all missing, and groups with fewer than k completions, are excluded
 and reported (count and names), never crashed on.
@@ -110,6 +111,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     out = parser.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print a JSON list, one record per (data, filter, k), instead of the table")
     out.add_argument("--markdown", action="store_true", help="print Markdown tables instead of the terminal table")
+    out.add_argument("--save-json", metavar="FILE", help="also write the JSON records to FILE (whatever is printed)")
     out.add_argument("--plot", metavar="FILE.png", help="plot kept length vs kept reward per filter (needs gfpo-filters[plot])")
     out.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar on stderr (default: when stderr is a terminal)")
     syn = parser.add_argument_group("synthetic groups (used without --data)")
@@ -178,6 +180,8 @@ def _run(args: argparse.Namespace) -> int:
         records.append(measure(prepared, spec, k, repeat=args.repeat, batch_groups=args.batch_groups))
     progress.close()
 
+    if args.save_json:
+        Path(args.save_json).write_text(json.dumps([_jsonable(r) for r in records], indent=2) + "\n", encoding="utf-8")
     if args.json:
         print(json.dumps([_jsonable(r) for r in records], indent=2))
     elif args.markdown:
@@ -609,6 +613,8 @@ def measure(prepared: Prepared, spec: FilterSpec, k: int, repeat: int = DEFAULT_
         group_signal_fraction=acc["signal_all"] / n_groups,
         length_pressure_gfpo=cov("gfpo"),
         length_pressure_grpo=cov("grpo"),
+        length_push_gfpo=float(acc["al_gfpo"] / n_groups),
+        length_push_grpo=float(acc["al_grpo"] / n_groups),
         time_s=best,
         completions_per_s=record["n_completions"] / best if best > 0 else None,
         us_per_group=best / n_groups * 1e6,
@@ -621,7 +627,7 @@ def measure(prepared: Prepared, spec: FilterSpec, k: int, repeat: int = DEFAULT_
 _METRICS = (
     "kept_length_ratio", "kept_length_mean", "group_length_mean", "kept_reward_mean", "group_reward_mean",
     "kept_accuracy", "group_accuracy", "signal_fraction", "group_signal_fraction",
-    "length_pressure_gfpo", "length_pressure_grpo", "completions_per_s", "us_per_group", "time_s",
+    "length_pressure_gfpo", "length_pressure_grpo", "length_push_gfpo", "length_push_grpo", "completions_per_s", "us_per_group", "time_s",
 )
 
 

@@ -73,6 +73,9 @@ def test_length_filter_metrics(tiny, capsys):
     assert r["length_pressure_gfpo"] == pytest.approx((A * 1 - A * 2) / 4)
     # GRPO: A: +1 -2 +3 -4 = -2; B: -10 -20 +30 +40 = 40; times A, mean over 8 rows.
     assert r["length_pressure_grpo"] == pytest.approx(A * 38 / 8)
+    # Per prompt: sums over a group's rows, averaged over the 2 groups.
+    assert r["length_push_gfpo"] == pytest.approx((A * 1 - A * 2) / 2)
+    assert r["length_push_grpo"] == pytest.approx(A * 38 / 2)
     assert r["completions_per_s"] == pytest.approx(8 / r["time_s"])
     assert r["us_per_group"] == pytest.approx(r["time_s"] / 2 * 1e6)
     assert r["error"] is None and r["excluded"] == {"all_rewards_missing": [], "group_smaller_than_k": []}
@@ -286,9 +289,12 @@ def test_table_markdown_and_progress(tiny, capsys):
     assert lines[1].split()[:3] == ["filter", "k", "len"]
     assert lines[3].split()[:3] == ["length", "2", "0.600"]
     assert "bench [" in err and "2/2 tiny.jsonl: reward k=2" in err
-    assert main(["bench", "--data", tiny, "-f", "length", "-k", "2", "--repeat", "1", "--markdown", "--no-progress"]) == 0
+    saved = tiny + ".out.json"
+    assert main(["bench", "--data", tiny, "-f", "length", "-k", "2", "--repeat", "1", "--markdown", "--no-progress", "--save-json", saved]) == 0
     out = capsys.readouterr().out
     assert "| filter | k | len kept/all |" in out and "| length | 2 | 0.600 |" in out
+    with open(saved) as f:
+        assert [(r["filter"], r["kept_length_ratio"]) for r in json.load(f)] == [("length", pytest.approx(0.6))]
 
     stream = io.StringIO()
     p = Progress(2, stream=stream, width=4)

@@ -395,3 +395,11 @@ def test_plugin_module_is_cheap_and_side_effect_free():
         "assert warnings.filters == before\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_plugin_docs_list_every_check():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
+    missing = [name for name in CHECKS if f"| `{name}` |" not in doc]
+    assert not missing, f"docs/plugins.md does not describe the check(s) {missing}"
