@@ -53,6 +53,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "gfpo_filters.filters.max_variance",
     "gfpo_filters.filters.combine",
     "gfpo_filters.filters.diversity",
+    "gfpo_filters.filters.learned",
 )
 
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
