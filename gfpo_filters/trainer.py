@@ -61,6 +61,8 @@ COMPLETION_FIELDS = {
 }
 MULTIMODAL_FIELDS = ("pixel_values", "image_grid_thw", "pixel_attention_mask", "image_sizes", "num_images")
 FILTER_KWARGS = ("completion_ids", "completion_lengths", "prompts", "num_remains_in_group")
+#: Loss types whose normaliser is num_items_in_batch (a token count over the generation batch).
+TOKEN_SUM_LOSSES = ("dapo", "cispo", "vespo")
 
 
 @dataclass
@@ -87,6 +89,13 @@ class GFPOConfig(GRPOConfig):
     adaptive_window: int = field(
         default=4096, metadata={"help": "How many recent prompts' difficulties define the quartiles."}
     )
+    gfpo_loss_normalizer: str = field(
+        default="kept",
+        metadata={
+            "help": "Token count that token-sum losses (dapo, cispo, vespo) divide by: 'kept' (tokens of the kept "
+            "completions, as if they were the whole batch) or 'all' (tokens of all G completions, the paper's Eq. 2)."
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -108,6 +117,13 @@ class GFPOConfig(GRPOConfig):
                 )
             if self.adaptive_warmup_steps < 0 or self.adaptive_window < 1:
                 raise ValueError("adaptive_warmup_steps must be >= 0 and adaptive_window >= 1")
+        if self.gfpo_loss_normalizer not in ("kept", "all"):
+            raise ValueError(f"gfpo_loss_normalizer must be 'kept' or 'all', got {self.gfpo_loss_normalizer!r}")
+        if self.gfpo_loss_normalizer == "all" and self.loss_type not in TOKEN_SUM_LOSSES:
+            raise ValueError(
+                f"gfpo_loss_normalizer='all' only applies to token-sum losses {TOKEN_SUM_LOSSES}; "
+                f"loss_type={self.loss_type!r} normalises within each micro-batch"
+            )
 
 
 def resolve_filter(group_filter_func: Any) -> Callable[..., Any] | None:
@@ -348,9 +364,10 @@ class GFPOTrainer(GRPOTrainer):
         result = {key: value for key, value in output.items() if key not in row_fields}
         result.update(fields)
         result["advantages"] = advantages.to(output["advantages"].device, output["advantages"].dtype)
-        result["num_items_in_batch"] = num_items.to(output["num_items_in_batch"].dtype).reshape(
-            output["num_items_in_batch"].shape
-        )
+        if getattr(self.args, "gfpo_loss_normalizer", "kept") == "kept":
+            result["num_items_in_batch"] = num_items.to(output["num_items_in_batch"].dtype).reshape(
+                output["num_items_in_batch"].shape
+            )  # else GRPO's count over all G completions stays: the paper's Eq. 2
         self._metrics["train"]["gfpo/padding_rows"].append(float(n_pad))
         return result
 

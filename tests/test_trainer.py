@@ -30,6 +30,10 @@ from tests.trainer_utils import (  # noqa: E402
 pytestmark = pytest.mark.trainer
 
 
+def trainer_call(trainer):
+    return trainer.group_filter_func.calls[-1]
+
+
 def make(tmp_path, group_filter_func, reward_funcs=None, **overrides):
     parts = tiny_parts()
     return GFPOTrainer(
@@ -103,6 +107,21 @@ def test_named_filter_and_metrics(tmp_path):
     assert len(batches[0]["advantages"]) == 6  # 3 groups x k=2
     history = [h for h in trainer.state.log_history if "gfpo/k_mean" in h]
     assert history[0]["gfpo/k_mean"] == 2 and history[0]["gfpo/kept_fraction"] == 0.5
+
+
+def test_loss_normalizer_all_keeps_the_token_count_of_all_completions(tmp_path):
+    recorder = Recorder()
+    trainer = make(tmp_path, CheckingFilter(recorder, 4), reward_funcs=[recorder], gfpo_loss_normalizer="all")
+    batches = capture_batches(trainer)
+    trainer.train()
+    call, batch = trainer_call(trainer), batches[0]
+    all_tokens = int(np.asarray(call["completion_lengths"]).sum())
+    assert int(batch["num_items_in_batch"]) == all_tokens > int(batch["completion_mask"].sum())
+
+
+def test_loss_normalizer_all_needs_a_token_sum_loss(tmp_path):
+    with pytest.raises(ValueError, match=r"gfpo_loss_normalizer='all' only applies to token-sum losses"):
+        tiny_args(str(tmp_path), gfpo_loss_normalizer="all", loss_type="grpo")
 
 
 def test_padding_rows_make_micro_batches_equal(tmp_path):
