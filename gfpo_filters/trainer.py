@@ -299,7 +299,8 @@ class GFPOTrainer(GRPOTrainer):
             "num_remains_in_group": int(k[0]) if (k == k[0]).all() else k.tolist(),
         }
         kwargs = {name: values[name] for name in self._filter_kwargs}
-        rewards_arg = [[None if math.isnan(r) else r for r in row] for row in rewards.tolist()]
+        # Our filters take the array as is; other callables get nested lists with NaN, as TRL 1.7.1 passed them.
+        rewards_arg = rewards if isinstance(self.group_filter_func, GroupFilter) else rewards.tolist()
         raw = self.group_filter_func(group_completions=completions, group_rewards=rewards_arg, **kwargs)
         name = _filter_name(self.group_filter_func)
         try:
