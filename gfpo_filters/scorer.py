@@ -29,6 +29,7 @@ import sys
 import time
 import zlib
 from collections.abc import Sequence
+from itertools import chain
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -108,17 +109,22 @@ class Features:
         return Features(self.ids[pos], offsets, self.dense[index])
 
 
+class _Vocabulary(dict):
+    """word -> index of first appearance; lookups of known words stay in C."""
+
+    def __missing__(self, word: str) -> int:
+        index = self[word] = len(self)
+        return index
+
+
 def featurize(texts: Sequence[str], config: FeatureConfig) -> Features:
     """Hashed word n-gram ids and raw length features of ``texts`` (one Python pass to tokenise)."""
     rx = re.compile(config.pattern)
     words = [rx.findall(t.lower() if config.lowercase else t) for t in texts]
     n_words = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
     n_chars = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
-    vocab: dict[str, int] = {}
-    get = vocab.setdefault
-    word_idx = np.fromiter(
-        (get(w, len(vocab)) for w in (w for ws in words for w in ws)), dtype=np.int64, count=int(n_words.sum())
-    )
+    vocab = _Vocabulary()
+    word_idx = np.fromiter(map(vocab.__getitem__, chain.from_iterable(words)), dtype=np.int64, count=int(n_words.sum()))
     seed = config.hash_seed
     word_hash = np.fromiter((zlib.crc32(w.encode("utf-8"), seed) for w in vocab), dtype=np.uint64, count=len(vocab))
     h1 = word_hash[word_idx] + _U(1)
@@ -157,7 +163,11 @@ def _model_class() -> type:
     from torch import nn
 
     class HashedNgramModel(nn.Module):
-        """Mean of hashed n-gram embeddings + standardised length features -> linear or MLP -> one logit."""
+        """``base(length) + head([pooled n-gram embeddings, length])`` -> one output.
+
+        ``base`` is a linear model of the standardised length features alone; the last layer of
+        ``head`` starts at zero, so an untrained head leaves the length-only model unchanged.
+        """
 
         def __init__(self, n_buckets: int, dim: int, hidden: int, pooling: str) -> None:
             super().__init__()
@@ -166,18 +176,21 @@ def _model_class() -> type:
             nn.init.normal_(self.bag.weight, std=0.1)
             self.register_buffer("dense_mean", torch.zeros(N_DENSE))
             self.register_buffer("dense_std", torch.ones(N_DENSE))
+            self.base = nn.Linear(N_DENSE, 1)
             width = dim + N_DENSE
             if hidden:
                 self.head = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, 1))
             else:
                 self.head = nn.Sequential(nn.Linear(width, 1))
+            nn.init.zeros_(self.head[-1].weight)
+            nn.init.zeros_(self.head[-1].bias)
 
         def forward(
             self, ids: torch.Tensor, offsets: torch.Tensor, dense: torch.Tensor, weights: torch.Tensor
         ) -> torch.Tensor:
             pooled = self.bag(ids, offsets, per_sample_weights=weights)
-            x = torch.cat([pooled, (dense - self.dense_mean) / self.dense_std], dim=1)
-            return self.head(x).squeeze(1)
+            z = (dense - self.dense_mean) / self.dense_std
+            return (self.base(z) + self.head(torch.cat([pooled, z], dim=1))).squeeze(1)
 
     return HashedNgramModel
 
@@ -193,6 +206,7 @@ class HashedNgramScorer:
     loss: str  # "bce" (predicts P(reward = 1)) or "mse" (predicts the reward)
     pooling: str = "mean"  # how n-gram embeddings are pooled: "mean", "sqrtn" (sum / sqrt(count)) or "sum"
     target: str = "reward"
+    relative: bool = False  # trained on target minus its prompt's mean: predicts within-prompt differences
     target_mean: float = 0.0
     target_std: float = 1.0
     training: dict[str, Any] = field(default_factory=dict)
@@ -284,7 +298,13 @@ class HashedNgramScorer:
                 "pooling": self.pooling,
                 "n_dense": N_DENSE,
             },
-            "target": {"name": self.target, "loss": self.loss, "mean": self.target_mean, "std": self.target_std},
+            "target": {
+                "name": self.target,
+                "loss": self.loss,
+                "relative": self.relative,
+                "mean": self.target_mean,
+                "std": self.target_std,
+            },
             "training": self.training,
             "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
         }
@@ -346,6 +366,7 @@ class HashedNgramScorer:
                 target["loss"],
                 pooling=spec["pooling"],
                 target=str(target["name"]),
+                relative=bool(target["relative"]),
                 target_mean=float(target["mean"]),
                 target_std=float(target["std"]),
                 training=dict(ckpt.get("training") or {}),
@@ -380,6 +401,24 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     ra, rb = ra - ra.mean(), rb - rb.mean()
     denom = math.sqrt(float((ra * ra).sum() * (rb * rb).sum()))
     return float((ra * rb).sum() / denom) if denom > 0 else float("nan")
+
+
+def within_prompt_concordance(scores: np.ndarray, targets: np.ndarray, keys: Sequence[Any]) -> float:
+    """Over pairs of completions of the same prompt whose targets differ: the fraction the scores
+    order like the targets (ties in the scores count one half). For 0/1 targets this is the
+    within-prompt ROC AUC. NaN when no prompt has two different targets."""
+    scores, targets = np.asarray(scores, dtype=np.float64), np.asarray(targets, dtype=np.float64)
+    _, codes = np.unique(np.asarray([str(k) for k in keys]), return_inverse=True)
+    order = np.argsort(codes, kind="stable")
+    bounds = np.flatnonzero(np.diff(codes[order])) + 1
+    good = total = 0.0
+    for idx in np.split(order, bounds):  # one small block per prompt
+        t, s = targets[idx], scores[idx]
+        higher = t[:, None] > t[None, :]
+        ds = s[:, None] - s[None, :]
+        good += float(((ds > 0) + 0.5 * (ds == 0))[higher].sum())
+        total += float(higher.sum())
+    return good / total if total else float("nan")
 
 
 # ---------------------------------------------------------------------- progress
@@ -439,6 +478,22 @@ def split_by_prompt(prompt_keys: Sequence[Any], val_fraction: float, seed: int) 
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 
+def _fit_length_base(model: Any, dense: np.ndarray, y: Any, loss_fn: Any) -> None:
+    """Fit ``model.base`` (length features only) by full-batch L-BFGS on the training set."""
+    import torch
+
+    z = ((torch.from_numpy(dense) - model.dense_mean) / model.dense_std).detach()
+    opt = torch.optim.LBFGS(model.base.parameters(), lr=1.0, max_iter=100, line_search_fn="strong_wolfe")
+
+    def closure() -> Any:
+        opt.zero_grad()
+        value = loss_fn(model.base(z).squeeze(1), y)
+        value.backward()
+        return value
+
+    opt.step(closure)
+
+
 def train_scorer(
     texts: Sequence[str],
     targets: Sequence[float],
@@ -455,6 +510,7 @@ def train_scorer(
     val_fraction: float = 0.2,
     seed: int = 0,
     target_name: str = "reward",
+    relative: bool = False,
     stream: Any = None,
     progress: bool = True,
     metadata: dict[str, Any] | None = None,
@@ -463,8 +519,14 @@ def train_scorer(
 
     Whole prompts are held out for validation (``val_fraction`` of them, chosen with
     ``seed``). After every epoch the validation metric is printed to ``stream`` (stderr):
-    ROC AUC for 0/1 targets, Spearman correlation otherwise. The returned scorer holds the
-    weights of the epoch with the best validation metric.
+    ROC AUC for 0/1 targets, Spearman correlation otherwise, and with ``relative=True`` the
+    within-prompt concordance (:func:`within_prompt_concordance`). Epoch 0 is the length-only
+    model (``base`` fitted, n-gram head at zero); the returned scorer holds the weights of the
+    epoch with the best validation metric, epoch 0 included.
+
+    ``relative=True`` trains on the target minus the mean target of its prompt (squared loss):
+    the scorer then predicts how much better than its prompt's average a completion is, which
+    is all a group filter uses, and the difficulty of the prompt cannot leak into the score.
     """
     import torch
 
@@ -486,42 +548,78 @@ def train_scorer(
         raise GroupInputError(f"need at least 4 completions with a {target_name}, got {keep.size}")
     texts = [texts[i] for i in keep]
     y = y_all[keep]
-    train_idx, val_idx = split_by_prompt([prompt_keys[i] for i in keep], val_fraction, seed)
+    kept_keys = [prompt_keys[i] for i in keep]
+    train_idx, val_idx = split_by_prompt(kept_keys, val_fraction, seed)
     binary = bool(np.isin(y, (0.0, 1.0)).all())
+    if relative:
+        if loss == "bce":
+            raise ValueError("train_scorer: relative=True predicts reward differences; use loss='mse' or 'auto'")
+        loss = "mse"
+        _, codes = np.unique(np.asarray([str(k) for k in kept_keys]), return_inverse=True)
+        y_fit = y - (np.bincount(codes, weights=y) / np.bincount(codes))[codes]
+    else:
+        y_fit = y
     if loss == "auto":
         loss = "bce" if binary else "mse"
     if loss == "bce" and not binary:
         raise ValueError(f"train_scorer: loss='bce' needs 0/1 targets, but the {target_name}s take other values")
-    metric = "auc" if binary else "spearman"
-    t_mean, t_std = (0.0, 1.0) if loss == "bce" else (float(y[train_idx].mean()), float(y[train_idx].std() or 1.0))
+    metric = "within_prompt" if relative else "auc" if binary else "spearman"
+    if loss == "bce":
+        t_mean, t_std = 0.0, 1.0
+    else:
+        t_mean = 0.0 if relative else float(y_fit[train_idx].mean())
+        t_std = float(y_fit[train_idx].std() or 1.0)
 
     torch.manual_seed(seed)
     scorer = HashedNgramScorer.new(
-        features, dim, hidden, loss, pooling=pooling, target=target_name, target_mean=t_mean, target_std=t_std
+        features,
+        dim,
+        hidden,
+        loss,
+        pooling=pooling,
+        target=target_name,
+        relative=bool(relative),
+        target_mean=t_mean,
+        target_std=t_std,
     )
     model = scorer.model
     feats = featurize(texts, features)
     dense_train = feats.dense[train_idx]
     model.dense_mean.copy_(torch.from_numpy(dense_train.mean(axis=0)))
     model.dense_std.copy_(torch.from_numpy(np.maximum(dense_train.std(axis=0), 1e-6)))
-    y_t = torch.from_numpy(((y - t_mean) / t_std).astype(np.float32))
+    y_t = torch.from_numpy(((y_fit - t_mean) / t_std).astype(np.float32))
+    loss_fn = torch.nn.BCEWithLogitsLoss() if loss == "bce" else torch.nn.MSELoss()
+    _fit_length_base(model, feats.dense[train_idx], y_t[torch.from_numpy(train_idx)], loss_fn)
     sparse_params = [model.bag.weight]
     dense_params = [p for n_, p in model.named_parameters() if not n_.startswith("bag.")]
     opt_sparse = torch.optim.SparseAdam(sparse_params, lr=lr)
     opt_dense = torch.optim.Adam(dense_params, lr=lr)
-    loss_fn = torch.nn.BCEWithLogitsLoss() if loss == "bce" else torch.nn.MSELoss()
     rng = np.random.default_rng(seed)
     val_feats = feats.take(val_idx)
     y_val = y[val_idx]
+    val_keys = [kept_keys[i] for i in val_idx]
+
+    def validate() -> tuple[float, float]:
+        pred = scorer.predict_features(val_feats)
+        within = within_prompt_concordance(pred, y_val, val_keys)
+        if metric == "within_prompt":
+            return within, within
+        return (roc_auc(pred, y_val) if metric == "auc" else spearman(pred, y_val)), within
 
     history: list[dict[str, float]] = []
-    best, best_state, best_epoch = -math.inf, None, 1
     n_batches = math.ceil(train_idx.size / batch_size)
     print(
         f"training on {train_idx.size} completions, validating on {val_idx.size} "
         f"({len(set(str(prompt_keys[keep[i]]) for i in val_idx))} held-out prompts); loss {loss}, metric {metric}",
         file=stream,
     )
+    # Epoch 0 is the length-only model: the n-gram part is kept only if it beats it on validation.
+    value, within = validate()
+    history.append({"epoch": 0, "train_loss": float("nan"), f"val_{metric}": value, "val_within_prompt": within})
+    print(f"epoch 0/{epochs} (length only)  val {metric} {value:.4f}  within-prompt {within:.4f}", file=stream)
+    best = value if np.isfinite(value) else -math.inf
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    best_epoch = 0
     for epoch in range(1, epochs + 1):
         model.train()
         perm = rng.permutation(train_idx)
@@ -539,19 +637,22 @@ def train_scorer(
             total_loss += float(batch_loss.detach()) * idx.size
             if bar:
                 bar.update(1, f"loss {total_loss / min((b + 1) * batch_size, train_idx.size):.4f}")
-        pred = scorer.predict_features(val_feats)
-        value = roc_auc(pred, y_val) if metric == "auc" else spearman(pred, y_val)
-        record = {"epoch": epoch, "train_loss": total_loss / train_idx.size, f"val_{metric}": value}
+        value, within = validate()
+        record = {
+            "epoch": epoch,
+            "train_loss": total_loss / train_idx.size,
+            f"val_{metric}": value,
+            "val_within_prompt": within,
+        }
         history.append(record)
-        summary = f"train loss {record['train_loss']:.4f}  val {metric} {value:.4f}"
+        summary = f"train loss {record['train_loss']:.4f}  val {metric} {value:.4f}  within-prompt {within:.4f}"
         if bar:
             bar.close(summary)
         else:
             print(f"epoch {epoch}/{epochs}  {summary}", file=stream)
-        if best_state is None or (np.isfinite(value) and not value <= best):
-            best = value if np.isfinite(value) else -math.inf
+        if np.isfinite(value) and value > best:
+            best, best_epoch = value, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            best_epoch = epoch
     model.load_state_dict(best_state)
     model.eval()
     scorer.training = {
@@ -564,11 +665,16 @@ def train_scorer(
         "epochs": int(epochs),
         "best_epoch": int(best_epoch),
         "metric": metric,
-        "val_metric": float(best),
+        "val_metric": float(best) if np.isfinite(best) else float("nan"),
+        "relative": bool(relative),
         "lr": float(lr),
         "batch_size": int(batch_size),
     }
-    print(f"best epoch {best_epoch}: val {metric} {best:.4f}", file=stream)
+    print(
+        f"best epoch {best_epoch}{' (length only: the n-gram features did not help)' if best_epoch == 0 else ''}: "
+        f"val {metric} {best:.4f}",
+        file=stream,
+    )
     return TrainResult(scorer, history, metric, keep[train_idx], keep[val_idx])
 
 
@@ -590,6 +696,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--buckets", type=int, default=1 << 18, help="number of hashed feature ids (2**18)")
     parser.add_argument("--ngram-max", type=int, default=2, help="word n-grams from 1 up to this n (default 2)")
+    parser.add_argument(
+        "--relative",
+        action="store_true",
+        help="train on reward minus its prompt's mean reward: ranks completions within a prompt (the filter's use)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="one summary line per epoch, no bar")
 
 
@@ -621,6 +732,7 @@ def run(args: argparse.Namespace) -> int:
             val_fraction=args.val_fraction,
             seed=args.seed,
             target_name=args.target,
+            relative=args.relative,
             progress=not args.no_progress,
             metadata={"rollouts": [str(p) for p in args.rollouts]},
         )

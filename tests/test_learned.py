@@ -127,7 +127,8 @@ def test_training_prints_the_metric_every_epoch_and_a_progress_bar():
     out = io.StringIO()
     train_scorer(texts, rewards, keys, features=SMALL, dim=4, epochs=3, batch_size=32, stream=out)
     log = out.getvalue()
-    assert log.count("val auc") == 4  # three epochs and the best-epoch line
+    assert log.count("val auc") == 5  # epoch 0 (length only), three epochs and the best-epoch line
+    assert "epoch 0/3 (length only)" in log and log.count("within-prompt") == 4
     assert "epoch 3/3 [" + "#" * 30 + "]" in log
 
 
@@ -163,6 +164,57 @@ def test_continuous_rewards_use_squared_loss_and_spearman():
     assert pred[np.array(marker) == 1].mean() - pred[np.array(marker) == 0].mean() > 1.0  # true gap: 3
 
 
+def test_length_only_model_is_kept_when_ngrams_cannot_beat_it():
+    rng = np.random.default_rng(4)
+    texts, rewards, keys = [], [], []
+    for p in range(60):
+        for _ in range(4):
+            n = int(rng.integers(5, 40))
+            texts.append(" ".join(rng.choice(FILLER, n)))
+            rewards.append(float(n < 20))  # only the length matters: the length-only model is perfect
+            keys.append(p)
+    out = io.StringIO()
+    res = train_scorer(texts, rewards, keys, features=SMALL, dim=4, epochs=2, lr=0.05, stream=out, progress=False)
+    assert res.history[0]["val_auc"] == 1.0
+    assert res.scorer.training["best_epoch"] == 0 and "length only: the n-gram features did not help" in out.getvalue()
+    assert float(res.scorer.model.head[-1].weight.detach().abs().sum()) == 0.0  # the n-gram head is the untrained zero
+
+
+def test_relative_training_ranks_within_prompts():
+    # Prompt difficulty (easy prompts: long answers, mostly right) confounds pooled training;
+    # within a prompt only the marker matters.
+    rng = np.random.default_rng(6)
+    texts, rewards, keys = [], [], []
+    for p in range(120):
+        easy = p % 2 == 0
+        for _ in range(4):
+            words = list(rng.choice(FILLER, int(rng.integers(30, 40) if easy else rng.integers(5, 10))))
+            good = rng.random() < 0.5
+            if good:
+                words[0] = "zq"  # a marker as long as a typical filler word: no length signal
+            texts.append(" ".join(words))
+            rewards.append(1.0 if good else (0.6 if easy else 0.0))
+            keys.append(p)
+    res = train_scorer(texts, rewards, keys, features=SMALL, dim=4, epochs=6, lr=0.05, batch_size=16,
+                       relative=True, progress=False, stream=io.StringIO())
+    assert res.metric == "within_prompt" and res.scorer.relative and res.scorer.loss == "mse"
+    assert res.scorer.training["val_metric"] > 0.9
+    assert res.history[0]["val_within_prompt"] < 0.75  # length alone cannot do it
+    with pytest.raises(ValueError, match="relative=True predicts reward differences"):
+        train_scorer(texts, rewards, keys, relative=True, loss="bce", progress=False, stream=io.StringIO())
+
+
+def test_within_prompt_concordance_hand_computed():
+    from gfpo_filters.scorer import within_prompt_concordance
+
+    scores = [0.9, 0.1, 0.5, 5.0, 1.0, 1.0]
+    targets = [1, 0, 0, 0, 1, 0]
+    keys = ["a", "a", "a", "b", "b", "b"]
+    # prompt a: (0>1) right, (0>2) right; prompt b: (4>3) wrong, (4>5) tie = 0.5 -> 2.5 / 4
+    assert within_prompt_concordance(scores, targets, keys) == pytest.approx(0.625)
+    assert np.isnan(within_prompt_concordance([1, 2], [1, 1], ["a", "a"]))
+
+
 def test_nan_targets_are_left_out_of_training():
     texts, rewards, keys = flat(synthetic(20))
     rewards[0] = float("nan")
@@ -179,7 +231,7 @@ def test_cli_trains_and_the_filter_loads_the_checkpoint(tmp_path, capsys):
                    "--dim", "8", "--lr", "0.02", "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 0, err
-    assert err.count("val auc") == 4 and "held-out prompts" in err
+    assert err.count("val auc") == 5 and "held-out prompts" in err
     f = load_filter("learned", checkpoint=str(out), device="cpu")
     scores = f([["the a banana of", "the a of to", "banana"]], [[1.0, 0.0, 1.0]])[0]
     assert scores[0] > scores[1] and scores[2] > scores[1]
