@@ -61,7 +61,7 @@ class FeatureConfig:
     n_buckets: int = 1 << 18
     ngram_max: int = 2
     lowercase: bool = True
-    pattern: str = r"\w+|[^\w\s]"
+    pattern: str = r"\w+|\S"  # \w+ runs, else one non-space character (a punctuation mark)
     hash_seed: int = 0
 
     def validate(self, where: str) -> None:

@@ -32,7 +32,7 @@ UNITS = ("auto", "ids", "words", "chars")
 #: shingles, MinHash above it.
 AUTO_EXACT_MAX_SHINGLES = 512
 
-_WORD_RE = re.compile(r"\w+|[^\w\s]")
+_WORD_RE = re.compile(r"\w+|\S")  # \w+ runs, else one non-space character (a punctuation mark)
 _U = np.uint64
 _MASK64 = (1 << 64) - 1
 _P1 = _U(0x9E3779B97F4A7C15)  # odd multipliers of the polynomial n-gram hash
@@ -85,6 +85,14 @@ def _ids_to_array(seqs: list[Any], where: list[tuple[int, int]]) -> tuple[np.nda
     return values, lengths
 
 
+class _Vocabulary(dict):
+    """word -> index of first appearance in this batch; lookups of known words stay in C."""
+
+    def __missing__(self, word: str) -> int:
+        index = self[word] = len(self)
+        return index
+
+
 def _text_to_array(texts: list[str], unit: str) -> tuple[np.ndarray, np.ndarray]:
     """Words (lower-cased ``\\w+`` runs and single punctuation marks) or Unicode code points as ints."""
     if unit == "chars":
@@ -92,13 +100,10 @@ def _text_to_array(texts: list[str], unit: str) -> tuple[np.ndarray, np.ndarray]
         values = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
         lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
         return values, lengths
-    vocab: dict[str, int] = {}
-    get = vocab.setdefault
+    vocab = _Vocabulary()
     words = [_WORD_RE.findall(t.lower()) for t in texts]
     lengths = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
-    values = np.fromiter(
-        (get(w, len(vocab)) for w in chain.from_iterable(words)), dtype=np.int64, count=int(lengths.sum())
-    )
+    values = np.fromiter(map(vocab.__getitem__, chain.from_iterable(words)), dtype=np.int64, count=int(lengths.sum()))
     return values, lengths
 
 
