@@ -8,6 +8,8 @@ One group of G completions of L token ids each, passed the way a trainer passes 
 * ``independent``: every completion drawn independently (almost no shared n-grams).
 
 Every timing is the median of ``--repeat`` calls after ``--warmup`` calls, on one thread.
+A last row per kind passes the ids as one (G, L) int64 array (default parameters), to show
+what converting lists of Python ints costs.
 The baseline builds Python sets of n-gram tuples, computes ``len(a & b) / len(a | b)`` for each
 pair and runs the same greedy max-min selection (medoid first) in Python loops; the script
 checks that it gives the same order as the exact filter.
@@ -119,6 +121,15 @@ def main() -> None:
                 raise SystemExit("exact filter and baseline disagree: this is a bug")
             label = f"diversity similarity={similarity}"
             print(f"{kind:<12} {label:<28} {ms:>10.2f} {base_ms / ms:>11.0f}x{same}")
+        # The same call with the ids as one (G, L) int64 array instead of lists of Python ints.
+        as_array = np.array(docs, dtype=np.int64)
+        f = DiversityFilter()
+        ms, _ = timed(
+            lambda: f(group_completions=texts, group_rewards=rewards, completion_ids=as_array),
+            args.warmup,
+            args.repeat,
+        )
+        print(f"{kind:<12} {'  same, ids as one array':<28} {ms:>10.2f} {base_ms / ms:>11.0f}x")
     print()
     print("peak traced memory (tracemalloc) of one call, clustered group, G=64:")
     for n_tokens in (500, 1000, 2000, 4000):
