@@ -5,17 +5,19 @@ trained by ``gfpo-filters train-scorer ROLLOUTS.jsonl --out scorer.pt``.
 
 Features of a completion (computed with numpy, stable across processes and machines):
 
-* its words (lower-cased ``\\w+`` runs and single punctuation marks), and their n-grams for
-  n = 1 .. ``ngram_max``, each hashed (CRC-32 of the word, a polynomial over the word hashes,
+* its words (lower-cased ``\\w+`` runs and single other non-space characters), and their n-grams
+  for n = 1 .. ``ngram_max``, each hashed (CRC-32 of the word, a polynomial over the word hashes,
   a splitmix64 finaliser salted by n) into one of ``n_buckets`` feature ids;
 * two length features, ``log1p(#words)`` and ``log1p(#characters)``, standardised with the
   training set's mean and standard deviation (stored in the checkpoint).
 
-Model: ``nn.EmbeddingBag(n_buckets, dim, mode="mean")`` over the feature ids (the mean of the
-n-gram embeddings), concatenated with the length features, into a linear layer
-(``hidden=0``) or a one-hidden-layer ReLU MLP. It predicts the reward: with 0/1 rewards it
-is trained with a logistic loss and predicts the probability of reward 1; otherwise with a
-squared loss on standardised rewards, and predicts the reward on its original scale.
+Model: ``base(length) + head([pooled n-gram embeddings, length])``: an ``nn.EmbeddingBag`` over the
+feature ids (mean, sum / sqrt(count), or sum), a linear layer (``hidden=0``) or a one-hidden-layer
+ReLU MLP, plus a linear model of the length features alone. Training fits the length-only model
+first (epoch 0) and keeps the epoch that does best on held-out prompts. With 0/1 rewards the loss
+is logistic and the scorer predicts the probability of reward 1; otherwise squared error on
+standardised rewards, and it predicts the reward on its own scale. ``relative=True`` trains on
+the reward minus its prompt's mean instead. See ``docs/filters/learned.md``.
 
 This module imports torch only inside functions: the CLI imports it at start-up.
 """
@@ -708,6 +710,13 @@ def run(args: argparse.Namespace) -> int:
     from gfpo_filters.errors import GFPOFilterError
     from gfpo_filters.rollouts import read_rollouts
 
+    if not args.out.parent.is_dir():  # fail before training, not after
+        print(
+            f"gfpo-filters train-scorer: error: cannot write {str(args.out)!r}: "
+            f"directory {str(args.out.parent)!r} does not exist",
+            file=sys.stderr,
+        )
+        return 2
     try:
         texts, targets, keys = [], [], []
         for path in args.rollouts:
@@ -739,6 +748,10 @@ def run(args: argparse.Namespace) -> int:
     except (GFPOFilterError, FileNotFoundError, ValueError) as e:
         print(f"gfpo-filters train-scorer: error: {e}", file=sys.stderr)
         return 2
-    result.scorer.save(args.out)
+    try:
+        result.scorer.save(args.out)
+    except (OSError, RuntimeError) as e:
+        print(f"gfpo-filters train-scorer: error: cannot write {str(args.out)!r}: {e}", file=sys.stderr)
+        return 2
     print(f"wrote {args.out} (use: load_filter('learned', checkpoint={str(args.out)!r}))", file=sys.stderr)
     return 0

@@ -244,6 +244,11 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):
     assert cli_main(["train-scorer", str(bad), "--out", str(tmp_path / "s.pt")]) == 2
     assert f"{bad}:2: not valid JSON" in capsys.readouterr().err
     assert not (tmp_path / "s.pt").exists()
+    good = tmp_path / "good.jsonl"
+    write_rollouts(good, synthetic(10))
+    out = tmp_path / "no" / "such" / "dir" / "s.pt"
+    assert cli_main(["train-scorer", str(good), "--out", str(out), "--epochs", "1", "--no-progress"]) == 2
+    assert f"cannot write '{out}'" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------- checkpoints
