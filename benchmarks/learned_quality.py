@@ -143,8 +143,14 @@ def main() -> None:
     log = sys.stderr if args.verbose else io.StringIO()
     print(f"gsm8k_g4: test = {args.test_fraction:.0%} of prompts, unseen in training; scorers with package defaults")
     print("AUC: all test completions pooled; within: (correct, incorrect) pairs of the same prompt only")
-    cols = [("pooled_auc", "pooled AUC"), ("relative_auc", "relative AUC"), ("length_auc", "length AUC"),
-            ("pooled_within", "pooled within"), ("relative_within", "relative within"), ("length_within", "length within")]
+    cols = [
+        ("pooled_auc", "pooled AUC"),
+        ("relative_auc", "relative AUC"),
+        ("length_auc", "length AUC"),
+        ("pooled_within", "pooled within"),
+        ("relative_within", "relative within"),
+        ("length_within", "length within"),
+    ]
     print(f"{'seed':>4}  " + "  ".join(f"{h:>15}" for _, h in cols) + "  best epochs (pooled, relative)")
     rows = []
     for seed in args.seeds:

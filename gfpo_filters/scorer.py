@@ -282,7 +282,12 @@ class HashedNgramScorer:
         return out
 
     def predict(self, texts: Sequence[str], batch_size: int = 4096) -> np.ndarray:
-        return self.predict_features(featurize(texts, self.features), batch_size)
+        """Predicted rewards of ``texts``; features are built chunk by chunk, so memory stays bounded."""
+        out = np.empty(len(texts))
+        for s in range(0, len(texts), batch_size):
+            chunk = texts[s : s + batch_size]
+            out[s : s + len(chunk)] = self.predict_features(featurize(chunk, self.features), batch_size)
+        return out
 
     # ------------------------------------------------------------------ checkpoints
     def to_checkpoint(self) -> dict[str, Any]:
@@ -399,7 +404,8 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     from gfpo_filters.selection import average_rank
 
-    ra, rb = average_rank(np.asarray(a, dtype=np.float64)[None])[0], average_rank(np.asarray(b, dtype=np.float64)[None])[0]
+    ra = average_rank(np.asarray(a, dtype=np.float64)[None])[0]
+    rb = average_rank(np.asarray(b, dtype=np.float64)[None])[0]
     ra, rb = ra - ra.mean(), rb - rb.mean()
     denom = math.sqrt(float((ra * ra).sum() * (rb * rb).sum()))
     return float((ra * rb).sum() / denom) if denom > 0 else float("nan")
@@ -471,7 +477,9 @@ def split_by_prompt(prompt_keys: Sequence[Any], val_fraction: float, seed: int) 
     keys = [str(k) for k in prompt_keys]
     unique = sorted(set(keys))
     if len(unique) < 2:
-        raise GroupInputError(f"need completions of at least 2 prompts to hold some out for validation, got {len(unique)}")
+        raise GroupInputError(
+            f"need completions of at least 2 prompts to hold some out for validation, got {len(unique)}"
+        )
     rng = np.random.default_rng(seed)
     perm = rng.permutation(len(unique))
     n_val = min(max(1, int(round(val_fraction * len(unique)))), len(unique) - 1)

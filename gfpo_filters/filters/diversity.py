@@ -266,8 +266,20 @@ def similarity_matrices(
 ) -> np.ndarray:
     """Pairwise shingle similarity within each group: float array (n_groups, G, G), 1 on the diagonal."""
     values, lengths, _ = completion_sequences(groups, unit)
+    return _similarity(values, lengths, groups.shape, ngram, similarity, num_perm, seed)
+
+
+def _similarity(
+    values: np.ndarray,
+    lengths: np.ndarray,
+    shape: tuple[int, int],
+    ngram: int,
+    similarity: str,
+    num_perm: int,
+    seed: int,
+) -> np.ndarray:
     hashes, doc = shingle_hashes(values, lengths, ngram, seed)
-    n, g = groups.shape
+    n, g = shape
     if similarity == "auto":
         similarity = "jaccard" if hashes.size <= AUTO_EXACT_MAX_SHINGLES * max(n * g, 1) else "minhash"
     if similarity == "jaccard":
@@ -411,14 +423,7 @@ class DiversityFilter(GroupFilter):
                 f"{first // groups.group_size}, completion {first % groups.group_size}); they have no shingles: "
                 "similarity 1 to each other and 0 to every other completion"
             )
-        hashes, doc = shingle_hashes(values, lengths, self.ngram, self.seed)
-        n, g = groups.shape
-        method = self.similarity
-        if method == "auto":
-            method = "jaccard" if hashes.size <= AUTO_EXACT_MAX_SHINGLES * n * g else "minhash"
-        if method == "jaccard":
-            return jaccard_exact(hashes, doc, n, g)
-        return jaccard_minhash(hashes, doc, n, g, self.num_perm)
+        return _similarity(values, lengths, groups.shape, self.ngram, self.similarity, self.num_perm, self.seed)
 
     def score(self, groups: Groups) -> np.ndarray:
         sim = self.similarities(groups)

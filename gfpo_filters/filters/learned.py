@@ -97,7 +97,9 @@ class LearnedFilter(GroupFilter):
     """
 
     name = "learned"
-    description = "Keep what a learned model scores highest: built-in n-gram scorer, a torch module or a local HF reward model."
+    description = (
+        "Keep what a learned model scores highest: built-in n-gram scorer, a torch module or a local HF reward model."
+    )
 
     def __init__(
         self,
@@ -157,7 +159,9 @@ class LearnedFilter(GroupFilter):
                 "model", f"must be a torch.nn.Module or the path of a model directory, got {type(model).__name__}"
             )
         if include_prompt and self._kind != "tokenized":
-            raise self.param_error("include_prompt", "needs a model with a tokenizer (a model directory or tokenizer=...)")
+            raise self.param_error(
+                "include_prompt", "needs a model with a tokenizer (a model directory or tokenizer=...)"
+            )
         if self._kind == "tokenized" and not callable(self._hf_tokenizer):
             raise self.param_error("tokenizer", "must be a Hugging Face tokenizer (callable, returning input_ids)")
 
@@ -261,7 +265,8 @@ class LearnedFilter(GroupFilter):
             i = first // g
             raise FilterOutputError(
                 f"filter 'learned': the model returned shape {tuple(t.shape)} for a chunk of {b} completions "
-                f"(starting at group {i}, completion {first % g}); expected ({b},) or ({b}, 1): one score per completion"
+                f"(starting at group {i}, completion {first % g}); "
+                f"expected ({b},) or ({b}, 1): one score per completion"
             )
         if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64, torch.bool)):
             raise FilterOutputError(f"filter 'learned': the model returned scores of dtype {t.dtype}, not numbers")
