@@ -31,7 +31,6 @@ import sys
 import time
 import zlib
 from collections.abc import Sequence
-from itertools import chain
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -40,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from gfpo_filters.errors import FilterParameterError, GroupInputError
+from gfpo_filters.ngrams import MASK64, U64, WORD_PATTERN, mix64, word_ids
 
 FORMAT = "gfpo-filters-scorer"
 FORMAT_VERSION = 1
@@ -47,8 +47,8 @@ LOSSES = ("auto", "bce", "mse")
 POOLINGS = ("mean", "sqrtn", "sum")
 TARGETS = ("reward", "correct")
 
-_U = np.uint64
-_MASK64 = (1 << 64) - 1
+_U = U64
+_MASK64 = MASK64
 
 
 class ScorerCheckpointError(FilterParameterError):
@@ -63,7 +63,7 @@ class FeatureConfig:
     n_buckets: int = 1 << 18
     ngram_max: int = 2
     lowercase: bool = True
-    pattern: str = r"\w+|\S"  # \w+ runs, else one non-space character (a punctuation mark)
+    pattern: str = WORD_PATTERN
     hash_seed: int = 0
 
     def validate(self, where: str) -> None:
@@ -80,14 +80,6 @@ class FeatureConfig:
 
 
 N_DENSE = 2  # log1p(#words), log1p(#characters)
-
-
-def _mix64(x: np.ndarray) -> np.ndarray:
-    x = x ^ (x >> _U(30))
-    x = x * _U(0xBF58476D1CE4E5B9)
-    x = x ^ (x >> _U(27))
-    x = x * _U(0x94D049BB133111EB)
-    return x ^ (x >> _U(31))
 
 
 @dataclass
@@ -111,22 +103,10 @@ class Features:
         return Features(self.ids[pos], offsets, self.dense[index])
 
 
-class _Vocabulary(dict):
-    """word -> index of first appearance; lookups of known words stay in C."""
-
-    def __missing__(self, word: str) -> int:
-        index = self[word] = len(self)
-        return index
-
-
 def featurize(texts: Sequence[str], config: FeatureConfig) -> Features:
     """Hashed word n-gram ids and raw length features of ``texts`` (one Python pass to tokenise)."""
-    rx = re.compile(config.pattern)
-    words = [rx.findall(t.lower() if config.lowercase else t) for t in texts]
-    n_words = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
+    word_idx, n_words, vocab = word_ids(texts, config.pattern, config.lowercase)
     n_chars = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
-    vocab = _Vocabulary()
-    word_idx = np.fromiter(map(vocab.__getitem__, chain.from_iterable(words)), dtype=np.int64, count=int(n_words.sum()))
     seed = config.hash_seed
     word_hash = np.fromiter((zlib.crc32(w.encode("utf-8"), seed) for w in vocab), dtype=np.uint64, count=len(vocab))
     h1 = word_hash[word_idx] + _U(1)
@@ -145,7 +125,7 @@ def featurize(texts: Sequence[str], config: FeatureConfig) -> Features:
         else:
             h = h[: total - n + 1] * _U(0x9E3779B97F4A7C15) + h1[n - 1 :]
         ok = remaining[: h.size] >= n
-        salted = _mix64(h[ok] ^ _U((0xA24BAED4963EE407 * n + seed) & _MASK64))
+        salted = mix64(h[ok] ^ _U((0xA24BAED4963EE407 * n + seed) & _MASK64))
         parts_ids.append((salted % _U(config.n_buckets)).astype(np.int64))
         parts_doc.append(doc_of[: h.size][ok])
     ids = np.concatenate(parts_ids) if parts_ids else np.zeros(0, dtype=np.int64)

@@ -13,7 +13,6 @@ See ``docs/filters/diversity.md`` for the math, every parameter and measured fig
 
 from __future__ import annotations
 
-import re
 from itertools import chain
 from typing import Any
 
@@ -23,6 +22,7 @@ from gfpo_filters.base import GroupFilter
 from gfpo_filters.errors import GroupInputError
 from gfpo_filters.groups import Groups
 from gfpo_filters.hookspecs import hookimpl
+from gfpo_filters.ngrams import MASK64, U64, mix64, word_ids
 
 SIMILARITIES = ("auto", "jaccard", "minhash")
 OBJECTIVES = ("maxmin", "facility_location")
@@ -32,25 +32,15 @@ UNITS = ("auto", "ids", "words", "chars")
 #: shingles, MinHash above it.
 AUTO_EXACT_MAX_SHINGLES = 512
 
-_WORD_RE = re.compile(r"\w+|\S")  # \w+ runs, else one non-space character (a punctuation mark)
-_U = np.uint64
-_MASK64 = (1 << 64) - 1
+_U = U64
+_MASK64 = MASK64
 _P1 = _U(0x9E3779B97F4A7C15)  # odd multipliers of the polynomial n-gram hash
 _SENTINEL = np.int64(-0x5DEECE66D)  # pads every sequence; never a token id or word id
 
 
 # ---------------------------------------------------------------------- hashing
-def _mix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser on a uint64 array (wrapping arithmetic), a bijection of 64-bit words."""
-    x = x ^ (x >> _U(30))
-    x = x * _U(0xBF58476D1CE4E5B9)
-    x = x ^ (x >> _U(27))
-    x = x * _U(0x94D049BB133111EB)
-    return x ^ (x >> _U(31))
-
-
 def _seed_word(seed: int) -> np.uint64:
-    return _mix64(np.array([(int(seed) * 0xD1B54A32D192ED03 + 0x632BE59BD9B4E019) & _MASK64], dtype=np.uint64))[0]
+    return mix64(np.array([(int(seed) * 0xD1B54A32D192ED03 + 0x632BE59BD9B4E019) & _MASK64], dtype=np.uint64))[0]
 
 
 # ---------------------------------------------------------------------- sequences
@@ -85,14 +75,6 @@ def _ids_to_array(seqs: list[Any], where: list[tuple[int, int]]) -> tuple[np.nda
     return values, lengths
 
 
-class _Vocabulary(dict):
-    """word -> index of first appearance in this batch; lookups of known words stay in C."""
-
-    def __missing__(self, word: str) -> int:
-        index = self[word] = len(self)
-        return index
-
-
 def _text_to_array(texts: list[str], unit: str) -> tuple[np.ndarray, np.ndarray]:
     """Words (lower-cased ``\\w+`` runs and single punctuation marks) or Unicode code points as ints."""
     if unit == "chars":
@@ -100,10 +82,7 @@ def _text_to_array(texts: list[str], unit: str) -> tuple[np.ndarray, np.ndarray]
         values = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
         lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
         return values, lengths
-    vocab = _Vocabulary()
-    words = [_WORD_RE.findall(t.lower()) for t in texts]
-    lengths = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
-    values = np.fromiter(map(vocab.__getitem__, chain.from_iterable(words)), dtype=np.int64, count=int(lengths.sum()))
+    values, lengths, _ = word_ids(texts)
     return values, lengths
 
 
@@ -148,7 +127,7 @@ def shingle_hashes(
     for j in range(1, ngram):
         h *= _P1
         h += a[j : j + span]
-    h = _mix64(h ^ _seed_word(seed))
+    h = mix64(h ^ _seed_word(seed))
     windows = np.where(lengths >= ngram, lengths - pad, np.minimum(lengths, 1))
     n_win = int(windows.sum())
     win_doc = np.repeat(np.arange(d, dtype=np.int64), windows)

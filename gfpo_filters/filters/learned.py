@@ -332,7 +332,6 @@ class LearnedFilter(GroupFilter):
         if self.include_prompt:
             sizes += np.fromiter(map(len, firsts), dtype=np.int64, count=len(firsts))
         order = np.argsort(-sizes, kind="stable")
-        torch = self._torch
         for s in range(0, len(order), batch):
             idx = order[s : s + batch]
             chunk = [texts[i] for i in idx]
