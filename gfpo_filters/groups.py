@@ -121,8 +121,10 @@ def _rewards_array(group_rewards: Any, n: int, g: int) -> np.ndarray:
 def _grouped_ids(value: Any, n: int, g: int) -> list[list[Any]]:
     """Token ids as ``[group][completion] -> ids``; accepts that nesting or a flat list of n*G id lists."""
     value = list(_to_numpy(value))
-    def is_seq(x: Any) -> bool:
-        return isinstance(x, (Sequence, np.ndarray)) and not isinstance(x, str)
+
+    def is_seq(x: Any) -> bool:  # lists, tuples, numpy arrays, torch tensors
+        return hasattr(x, "__len__") and hasattr(x, "__getitem__") and not isinstance(x, (str, bytes, dict))
+
     if len(value) == n and all(is_seq(v) and len(v) == g for v in value) and all(is_seq(x) for x in value[0]):
         return [list(v) for v in value]
     if len(value) == n * g and all(is_seq(x) for x in value):

@@ -70,6 +70,15 @@ def test_extra_arguments_in_both_layouts():
     assert g.lengths.tolist() == [[1, 2], [1, 0]] and g.prompts == ["p", "q"] and g.k.tolist() == [1, 1]
 
 
+def test_completion_ids_as_tensors():
+    torch = pytest.importorskip("torch")
+    flat = [torch.tensor([1, 2]), torch.tensor([3]), torch.tensor([4, 5, 6]), torch.tensor([], dtype=torch.long)]
+    g = Groups([["a", "b"], ["c", "d"]], [[0, 0], [0, 0]], completion_ids=flat)
+    assert g.lengths.tolist() == [[2, 1], [3, 0]] and g.length_unit == "tokens"
+    nested = Groups([["a", "b"]], [[0, 0]], completion_ids=[[torch.tensor([1]), torch.tensor([2, 3])]])
+    assert nested.lengths.tolist() == [[1, 2]]
+
+
 def test_wrong_output_shape_names_the_filter():
     with pytest.raises(FilterOutputError, match=r"filter 'echo' returned scores of shape \(3,\); expected .* \(1, 2\)"):
         run(np.zeros(3))
