@@ -13,9 +13,9 @@ import pytest
 
 pytest.importorskip("trl")
 
-from gfpo_filters import FilterOutputError, UnknownFilterError, load_filter  # noqa: E402
+from gfpo_filters import FilterOutputError, UnknownFilterError  # noqa: E402
 from gfpo_filters.adaptive import AdaptiveK  # noqa: E402
-from gfpo_filters.trainer import GFPOConfig, GFPOTrainer  # noqa: E402
+from gfpo_filters.trainer import GFPOTrainer  # noqa: E402
 from tests.trainer_utils import (  # noqa: E402
     CheckingFilter,
     Recorder,
