@@ -33,3 +33,14 @@ def test_demo_runs_all_variants_and_writes_history(tmp_path, capsys):
 def test_demo_rejects_bad_steps(capsys):
     assert main(["demo", "--steps", "0"]) == 2
     assert "--steps must be at least 1" in capsys.readouterr().err
+
+
+def test_demo_plot_without_matplotlib_says_how_to_get_it(tmp_path, capsys, monkeypatch):
+    import sys
+
+    from gfpo_filters.demo import save_plot
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    assert save_plot([], tmp_path / "demo.png") is False
+    assert "pip install 'gfpo-filters[plot]'" in capsys.readouterr().err
+    assert not (tmp_path / "demo.png").exists()
