@@ -4,7 +4,7 @@
 
 Both trainers wrap the same freshly initialised model (a Llama built from a config) and see the
 same prompts with the same generation seed; completions are forced to the full length so that
-the comparison counts rows, not lengths. The script times ``compute_loss`` + ``backward`` on the
+the comparison counts rows, not lengths (with ``--filter length`` both sample their lengths freely). The script times ``compute_loss`` + ``backward`` on the
 batch each trainer produced and reports the best of several repeats. With the ``length``
 filter, the kept rows are also the short ones, and the adapter trims the unused columns.
 """
@@ -30,7 +30,8 @@ def build(filter_name, k, args):
         output_dir="/tmp/gfpo-backward-cost", per_device_train_batch_size=args.prompts * args.g, num_generations=args.g,
         num_remains_in_group=k, max_completion_length=args.length, beta=0.0, use_cpu=True, report_to="none",
         save_strategy="no", disable_tqdm=True, seed=0, bf16=False,
-        generation_kwargs={"min_new_tokens": args.length if filter_name != "length" else 1},
+        # Full-length completions unless the comparison is about length (then both trainers sample freely).
+        generation_kwargs={"min_new_tokens": 1 if args.filter == "length" else args.length},
     )
     trainer = GFPOTrainer(
         model=build_model(0, hidden=args.hidden, layers=args.layers), reward_funcs=contains_target, args=config,
