@@ -65,7 +65,9 @@ plot_records(records, "docs/img/benchmark.png")
 page = Path("docs/benchmark.md")
 text = page.read_text()
 commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip()
+outputs = [":!docs/benchmark", ":!docs/benchmark.md", ":!docs/img/benchmark.png"]  # this script's own outputs
+dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *outputs],
+                       capture_output=True, text=True).stdout.strip()
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor()) \
     if Path("/proc/cpuinfo").exists() else platform.processor()
 blocks = {n: (tmp / f"{n}.md").read_text().strip() for n in names}
