@@ -286,7 +286,7 @@ class GFPOTrainer(GRPOTrainer):
         scale = {True: "group", False: "none"}.get(self.scale_rewards, self.scale_rewards)
         advantages = gfpo_advantages(rewards, kept, scale=scale)
 
-        self._log_selection(rewards, lengths, kept, k, buckets, advantages, scores, filter_time, n_total)
+        self._log_selection(rewards, lengths, kept, k, buckets, advantages, filter_time, n_total)
 
         # 6. Keep only the selected rows, spread evenly over processes.
         return self._select_rows(output, kept.reshape(-1), advantages.reshape(-1), n_local)
@@ -410,7 +410,7 @@ class GFPOTrainer(GRPOTrainer):
         }
 
     # ------------------------------------------------------------------ logging
-    def _log_selection(self, rewards, lengths, kept, k, buckets, advantages, scores, filter_time, n_total):
+    def _log_selection(self, rewards, lengths, kept, k, buckets, advantages, filter_time, n_total):
         metrics = self._metrics["train"]
         valid = np.isfinite(rewards)
         kept_valid = kept & valid
@@ -420,8 +420,8 @@ class GFPOTrainer(GRPOTrainer):
         metrics["gfpo/kept_length_mean"].append(float(lengths[kept].mean()))
         metrics["gfpo/all_reward_mean"].append(float(rewards[valid].mean()) if valid.any() else float("nan"))
         metrics["gfpo/kept_reward_mean"].append(float(rewards[kept_valid].mean()) if kept_valid.any() else float("nan"))
-        kept_r = np.where(kept_valid, rewards, np.nan)
-        spread = np.nanmax(np.where(kept_valid, kept_r, -np.inf), axis=1) - np.nanmin(np.where(kept_valid, kept_r, np.inf), axis=1)
+        # Kept rewards all equal (or none scorable): that group contributes no gradient.
+        spread = np.where(kept_valid, rewards, -np.inf).max(axis=1) - np.where(kept_valid, rewards, np.inf).min(axis=1)
         metrics["gfpo/frac_kept_zero_std"].append(float((~(spread > 0)).mean()))
         metrics["gfpo/missing_reward_frac"].append(float((~valid).mean()))
         metrics["gfpo/filter_seconds"].append(filter_time)

@@ -109,6 +109,27 @@ def test_named_filter_and_metrics(tmp_path):
     assert history[0]["gfpo/k_mean"] == 2 and history[0]["gfpo/kept_fraction"] == 0.5
 
 
+def test_logged_selection_metrics_by_hand(tmp_path):
+    # Prompts before "n" reward every completion 1.0: their kept sets have no variance.
+    recorder = Recorder(constant_below="n")
+    check = CheckingFilter(recorder, group_size=4)
+    trainer = make(tmp_path, check, reward_funcs=[recorder], max_steps=3)
+    trainer.train()
+    steps = [h for h in trainer.state.log_history if "gfpo/frac_kept_zero_std" in h]
+    fractions = []
+    for call, logged in zip(check.calls, steps):
+        lengths = np.asarray(call["completion_lengths"]).tolist()
+        rewards = call["group_rewards"]
+        kept, _ = expected_selection(lengths, rewards, k=3)
+        zero_std = [len({rewards[i][j] for j in kept[i]}) == 1 for i in range(3)]
+        fractions.append(sum(zero_std) / 3)
+        assert logged["gfpo/frac_kept_zero_std"] == pytest.approx(fractions[-1])
+        assert logged["gfpo/kept_length_mean"] == pytest.approx(sum(lengths[i][j] for i in range(3) for j in kept[i]) / 9)
+        assert logged["gfpo/all_length_mean"] == pytest.approx(np.mean(lengths))
+        assert logged["gfpo/kept_reward_mean"] == pytest.approx(np.mean([rewards[i][j] for i in range(3) for j in kept[i]]))
+    assert any(0 < f < 1 for f in fractions), f"the data should mix groups with and without variance: {fractions}"
+
+
 def test_loss_normalizer_all_keeps_the_token_count_of_all_completions(tmp_path):
     recorder = Recorder()
     trainer = make(tmp_path, CheckingFilter(recorder, 4), reward_funcs=[recorder], gfpo_loss_normalizer="all")

@@ -20,12 +20,13 @@ class Recorder:
 
     __name__ = "recorder"
 
-    def __init__(self) -> None:
+    def __init__(self, constant_below: str = "") -> None:
         self.rows: list[tuple[str, str]] = []
+        self.constant_below = constant_below  # prompts sorting before this get reward 1 for every completion
 
     def __call__(self, prompts, completions, **kwargs) -> list[float]:
         self.rows = list(zip(prompts, completions))
-        return [reward_of(c) for c in completions]
+        return [1.0 if p < self.constant_below else reward_of(c) for p, c in zip(prompts, completions)]
 
 
 def reward_of(text: str) -> float:
