@@ -73,16 +73,21 @@ def main() -> None:
             has_correct = np.isfinite(correct).all()
             iu = np.triu_indices(g, 1)
             total_pairs = [int((sim[:, iu[0], iu[1]] > t).sum()) for t in THRESHOLDS]
-            print(f"\n{name}: {n} prompts x G={g}; pairs above threshold among all {n * len(iu[0])} pairs: "
-                  + ", ".join(f"J>{t}: {c}" for t, c in zip(THRESHOLDS, total_pairs)))
+            print(
+                f"\n{name}: {n} prompts x G={g}; pairs above threshold among all {n * len(iu[0])} pairs: "
+                + ", ".join(f"J>{t}: {c}" for t, c in zip(THRESHOLDS, total_pairs))
+            )
             for k in sorted({2, g // 2}):
                 print(f"  k={k}  {'selection':<44} {head}  mean J   acc")
                 p = k * (k - 1) / (g * (g - 1))
                 exp = [c * p for c in total_pairs]
                 mean_all = float(sim[:, iu[0], iu[1]].mean())
                 acc = f"{np.nanmean(correct):.3f}" if has_correct else "  -  "
-                print(f"        {'random (expected)':<44} " + "  ".join(f"{e:7.1f}" for e in exp)
-                      + f"  {mean_all:.3f}  {acc}")
+                print(
+                    f"        {'random (expected)':<44} "
+                    + "  ".join(f"{e:7.1f}" for e in exp)
+                    + f"  {mean_all:.3f}  {acc}"
+                )
                 configs = [
                     ("diversity objective=maxmin", {}),
                     ("diversity objective=facility_location", {"objective": "facility_location"}),

@@ -156,18 +156,25 @@ def main() -> None:
     for seed in args.seeds:
         r = quality(path, seed, args.test_fraction, log)
         rows.append(r)
-        print(f"{seed:>4}  " + "  ".join(f"{r[k]:>15.3f}" for k, _ in cols)
-              + f"  {r['pooled_epoch']}, {r['relative_epoch']}  (length: {r['length_direction']})")
+        print(
+            f"{seed:>4}  "
+            + "  ".join(f"{r[k]:>15.3f}" for k, _ in cols)
+            + f"  {r['pooled_epoch']}, {r['relative_epoch']}  (length: {r['length_direction']})"
+        )
     print(f"{'mean':>4}  " + "  ".join(f"{np.mean([r[k] for r in rows]):>15.3f}" for k, _ in cols))
     beats = sum(r["pooled_auc"] > r["length_auc"] for r in rows)
     beats_w = sum(r["relative_within"] > r["length_within"] for r in rows)
-    print(f"pooled AUC > length AUC on {beats} of {len(rows)} splits; "
-          f"relative within > length within on {beats_w} of {len(rows)} splits")
+    print(
+        f"pooled AUC > length AUC on {beats} of {len(rows)} splits; "
+        f"relative within > length within on {beats_w} of {len(rows)} splits"
+    )
     print(f"test set per seed: {rows[0]['n_test_prompts']} prompts, {rows[0]['n_test_completions']} completions")
     s = speed(path, 0, args.repeat, args.tokens)
-    print(f"\nspeed (CPU, 1 thread): {s['completions']} completions of {args.tokens} scorer tokens in "
-          f"{s['seconds'] * 1e3:.0f} ms = {s['per_s']:,.0f} completions/s "
-          f"(featurising is {s['featurize_share']:.0%} of it)")
+    print(
+        f"\nspeed (CPU, 1 thread): {s['completions']} completions of {args.tokens} scorer tokens in "
+        f"{s['seconds'] * 1e3:.0f} ms = {s['per_s']:,.0f} completions/s "
+        f"(featurising is {s['featurize_share']:.0%} of it)"
+    )
 
 
 if __name__ == "__main__":

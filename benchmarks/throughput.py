@@ -49,10 +49,16 @@ def main() -> None:
         for rewards_kind, (n_groups, g) in [(r, s) for r in ("binary", "uniform") for s in ((64, 16), (64, 256))]:
             completions, rewards, lengths = batch(n_groups, g, rewards_kind)
             k = max(2, g // 4)
-            call = lambda: f(group_completions=completions, group_rewards=rewards, completion_lengths=lengths,  # noqa: E731
-                             num_remains_in_group=k)
+            call = lambda: f(
+                group_completions=completions,
+                group_rewards=rewards,
+                completion_lengths=lengths,  # noqa: E731
+                num_remains_in_group=k,
+            )
             seconds = best_time(call, args.repeats)
-            print(f"{name:<18} {rewards_kind:<8} {f'{n_groups} x {g}':>11} {seconds * 1e3:>9.3f} {n_groups * g / seconds:>15,.0f}")
+            print(
+                f"{name:<18} {rewards_kind:<8} {f'{n_groups} x {g}':>11} {seconds * 1e3:>9.3f} {n_groups * g / seconds:>15,.0f}"  # noqa: E501
+            )
 
 
 if __name__ == "__main__":

@@ -69,58 +69,104 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = (
         "examples:\n"
-        "  gfpo-filters bench                                   # synthetic groups, every filter that needs no parameters\n"
+        "  gfpo-filters bench                                   # synthetic groups, every filter that needs no parameters\n"  # noqa: E501
         "  gfpo-filters bench --data rollouts.jsonl -f token_efficiency,length,random -k 2,4\n"
         "  gfpo-filters bench --data r.jsonl -f tri=diversity --param tri.ngram=3 -k 4 --json\n"
-        "  gfpo-filters bench -f weighted --params '{\"weighted\": {\"filters\": [\"length\", \"reward\"]}}'\n"
+        '  gfpo-filters bench -f weighted --params \'{"weighted": {"filters": ["length", "reward"]}}\'\n'
         "\nSee docs/benchmark.md for the definition of every column."
     )
     parser.add_argument(
-        "--data", action="append", metavar="ROLLOUTS.jsonl", default=[],
+        "--data",
+        action="append",
+        metavar="ROLLOUTS.jsonl",
+        default=[],
         help="rollout file (JSON Lines, one prompt per line); repeatable. Without it: synthetic groups",
     )
     parser.add_argument(
-        "-f", "--filters", action="append", metavar="SPEC", default=[],
+        "-f",
+        "--filters",
+        action="append",
+        metavar="SPEC",
+        default=[],
         help="comma-separated filters: NAME or LABEL=NAME (to bench one filter under several parameter sets); "
         "repeatable. Default: every registered filter that can be built without parameters",
     )
     parser.add_argument(
-        "--param", action="append", metavar="LABEL.KEY=VALUE", default=[],
-        help="a filter parameter; VALUE is read as JSON when it parses (3, 0.5, true, [\"a\"]), else as a string",
+        "--param",
+        action="append",
+        metavar="LABEL.KEY=VALUE",
+        default=[],
+        help='a filter parameter; VALUE is read as JSON when it parses (3, 0.5, true, ["a"]), else as a string',
     )
     parser.add_argument(
-        "--params", action="append", metavar="JSON", default=[],
+        "--params",
+        action="append",
+        metavar="JSON",
+        default=[],
         help="parameters as a JSON object {LABEL: {KEY: VALUE}}; repeatable",
     )
     parser.add_argument(
-        "-k", action="append", metavar="K", default=[],
+        "-k",
+        action="append",
+        metavar="K",
+        default=[],
         help="completions kept per group: -k 2 -k 4 or -k 2,4 (default: a quarter of the largest group size)",
     )
     parser.add_argument(
-        "--length-unit", choices=LENGTH_UNITS, default="chars",
+        "--length-unit",
+        choices=LENGTH_UNITS,
+        default="chars",
         help="length for metrics and length-based filters: chars (default; what filters count without "
         "token information) or words (whitespace-separated; passed to filters as completion_lengths)",
     )
     parser.add_argument(
-        "--tokenizer", metavar="NAME_OR_PATH",
+        "--tokenizer",
+        metavar="NAME_OR_PATH",
         help="count tokens instead: a tokenizer.json file or a transformers tokenizer name/path "
         "(counts are passed to filters as completion_lengths)",
     )
-    parser.add_argument("--repeat", type=int, default=DEFAULT_REPEAT, help=f"timed passes per (filter, k); the fastest counts (default {DEFAULT_REPEAT})")
-    parser.add_argument("--batch-groups", type=int, default=DEFAULT_BATCH_GROUPS, help=f"groups per filter call (default {DEFAULT_BATCH_GROUPS})")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=DEFAULT_REPEAT,
+        help=f"timed passes per (filter, k); the fastest counts (default {DEFAULT_REPEAT})",
+    )
+    parser.add_argument(
+        "--batch-groups",
+        type=int,
+        default=DEFAULT_BATCH_GROUPS,
+        help=f"groups per filter call (default {DEFAULT_BATCH_GROUPS})",
+    )
     out = parser.add_argument_group("output")
-    out.add_argument("--json", action="store_true", help="print a JSON list, one record per (data, filter, k), instead of the table")
+    out.add_argument(
+        "--json", action="store_true", help="print a JSON list, one record per (data, filter, k), instead of the table"
+    )
     out.add_argument("--markdown", action="store_true", help="print Markdown tables instead of the terminal table")
     out.add_argument("--save-json", metavar="FILE", help="also write the JSON records to FILE (whatever is printed)")
-    out.add_argument("--plot", metavar="FILE.png", help="plot kept length vs kept reward per filter (needs gfpo-filters[plot])")
-    out.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar on stderr (default: when stderr is a terminal)")
+    out.add_argument(
+        "--plot", metavar="FILE.png", help="plot kept length vs kept reward per filter (needs gfpo-filters[plot])"
+    )
+    out.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: when stderr is a terminal)",
+    )
     syn = parser.add_argument_group("synthetic groups (used without --data)")
     syn.add_argument("--groups", type=int, help="number of prompts (default 512)")
     syn.add_argument("--group-size", type=int, help="completions per prompt, G (default 16)")
     syn.add_argument("--mean-length", type=float, help="mean completion length in characters (default 800)")
     syn.add_argument("--length-sigma", type=float, help="spread of log length, a lognormal sigma (default 0.5)")
-    syn.add_argument("--reward-model", choices=("binary", "continuous"), help="binary: reward = correct (default); continuous: correct + N(0, 0.3)")
-    syn.add_argument("--length-effect", type=float, help="logit change of P(correct) per std of log length (default -0.5: longer is less often right)")
+    syn.add_argument(
+        "--reward-model",
+        choices=("binary", "continuous"),
+        help="binary: reward = correct (default); continuous: correct + N(0, 0.3)",
+    )
+    syn.add_argument(
+        "--length-effect",
+        type=float,
+        help="logit change of P(correct) per std of log length (default -0.5: longer is less often right)",
+    )
     syn.add_argument("--missing-rate", type=float, help="fraction of rewards set missing (default 0)")
     syn.add_argument("--seed", type=int, help="random seed of the generator (default 0)")
 
@@ -167,7 +213,10 @@ def _run(args: argparse.Namespace) -> int:
     for ds in datasets:
         prepared = prepare(ds, length_fn, unit)
         if not ks:
-            print(f"note: {ds.name}: no -k given; k = largest group size // 4 = {max(1, max(prepared.sizes) // 4)}", file=sys.stderr)
+            print(
+                f"note: {ds.name}: no -k given; k = largest group size // 4 = {max(1, max(prepared.sizes) // 4)}",
+                file=sys.stderr,
+            )
         for k in ks or [max(1, max(prepared.sizes) // 4)]:
             for spec in specs:
                 jobs.append((prepared, spec, k))
@@ -248,7 +297,9 @@ def parse_filter_specs(filters: Sequence[str], params: Sequence[str], params_jso
             if not label or not name:
                 raise BenchUsageError(f"-f entry {part!r}: expected NAME or LABEL=NAME")
             if label in specs:
-                raise BenchUsageError(f"-f: filter label {label!r} is given twice; use LABEL=NAME to bench a filter twice")
+                raise BenchUsageError(
+                    f"-f: filter label {label!r} is given twice; use LABEL=NAME to bench a filter twice"
+                )
             specs[label] = FilterSpec(label, name)
     if not specs:
         specs = {s.label: s for s in default_filter_specs()}
@@ -327,17 +378,20 @@ def load_datasets(args: argparse.Namespace) -> list[Dataset]:
         return [Dataset(Path(p).name, read_rollouts(p), str(p)) for p in args.data]
     opts = {**SYNTHETIC_DEFAULTS, **synthetic}
     groups = synthetic_rollouts(
-        n_groups=opts["groups"], group_size=opts["group_size"], mean_length=opts["mean_length"],
-        length_sigma=opts["length_sigma"], reward_model=opts["reward_model"],
-        length_effect=opts["length_effect"], missing_rate=opts["missing_rate"], seed=opts["seed"],
+        n_groups=opts["groups"],
+        group_size=opts["group_size"],
+        mean_length=opts["mean_length"],
+        length_sigma=opts["length_sigma"],
+        reward_model=opts["reward_model"],
+        length_effect=opts["length_effect"],
+        missing_rate=opts["missing_rate"],
+        seed=opts["seed"],
     )
     desc = ", ".join(f"{k}={v}" for k, v in opts.items())
     return [Dataset("synthetic", groups, f"synthetic ({desc})")]
 
 
-_SYLLABLES = np.array(
-    "ka to ri mu se na lo pe di vu ba ne so te ga ru mi ha zo fi an el or us it ex ul om ax".split()
-)
+_SYLLABLES = np.array("ka to ri mu se na lo pe di vu ba ne so te ga ru mi ha zo fi an el or us it ex ul om ax".split())
 
 
 def synthetic_rollouts(
@@ -393,8 +447,12 @@ def synthetic_rollouts(
             texts.append(text[: lengths[i, j]])
         out.append(
             RolloutGroup(
-                prompt=f"synthetic prompt {i}", prompt_id=i, texts=texts,
-                rewards=rewards[i].tolist(), correct=correct[i].tolist(), source=f"synthetic:{i}",
+                prompt=f"synthetic prompt {i}",
+                prompt_id=i,
+                texts=texts,
+                rewards=rewards[i].tolist(),
+                correct=correct[i].tolist(),
+                source=f"synthetic:{i}",
             )
         )
     return out
@@ -456,7 +514,9 @@ class Prepared:
 def prepare(ds: Dataset, length_fn: Any, unit: str) -> Prepared:
     groups = ds.groups
     flat = [t for g in groups for t in g.texts]
-    counts = np.fromiter(map(len, flat), np.int64, len(flat)) if length_fn is None else np.asarray(length_fn(flat), np.int64)
+    counts = (
+        np.fromiter(map(len, flat), np.int64, len(flat)) if length_fn is None else np.asarray(length_fn(flat), np.int64)
+    )
     bounds = np.cumsum([0] + [g.size for g in groups])
     lengths = [counts[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
     rewards = [np.asarray(g.rewards, np.float64) for g in groups]
@@ -466,7 +526,9 @@ def prepare(ds: Dataset, length_fn: Any, unit: str) -> Prepared:
 
 
 # ---------------------------------------------------------------------- measuring
-def measure(prepared: Prepared, spec: FilterSpec, k: int, repeat: int = DEFAULT_REPEAT, batch_groups: int = DEFAULT_BATCH_GROUPS) -> dict[str, Any]:
+def measure(
+    prepared: Prepared, spec: FilterSpec, k: int, repeat: int = DEFAULT_REPEAT, batch_groups: int = DEFAULT_BATCH_GROUPS
+) -> dict[str, Any]:
     """One record: run ``spec`` with keep-``k`` over the prepared data."""
     from gfpo_filters.selection import gfpo_advantages, topk_mask
 
@@ -483,7 +545,10 @@ def measure(prepared: Prepared, spec: FilterSpec, k: int, repeat: int = DEFAULT_
         "data": prepared.dataset.name,
         "filter": spec.label,
         "name": spec.name,
-        "params": {p: v if isinstance(v, (int, float, str, bool, list, dict, type(None))) else repr(v) for p, v in spec.params.items()},
+        "params": {
+            p: v if isinstance(v, (int, float, str, bool, list, dict, type(None))) else repr(v)
+            for p, v in spec.params.items()
+        },
         "k": k,
         "group_sizes": sorted(by_size),
         "n_groups": sum(len(v) for v in by_size.values()),
@@ -537,7 +602,7 @@ def measure(prepared: Prepared, spec: FilterSpec, k: int, repeat: int = DEFAULT_
         try:
             for rep in range(repeat):
                 elapsed = 0.0
-                for G, idx, calls in buckets:
+                for G, _idx, calls in buckets:
                     outs = []
                     for kwargs in calls:
                         t0 = time.perf_counter()
@@ -557,12 +622,34 @@ def measure(prepared: Prepared, spec: FilterSpec, k: int, repeat: int = DEFAULT_
             record["warnings"] = list(seen_warnings)[:20]
 
     # What is kept: pooled sums over all buckets, each bucket a (n, G) array.
-    acc = {key: 0.0 for key in (
-        "len_kept", "n_kept", "len_all", "n_all", "r_kept", "nr_kept", "r_all", "nr_all",
-        "c_kept", "nc_kept", "c_all", "nc_all", "signal", "signal_all",
-        "al_gfpo", "a_gfpo", "l_gfpo", "n_gfpo", "al_grpo", "a_grpo", "l_grpo", "n_grpo",
-    )}
-    for (G, idx, _), s in zip(buckets, scores):
+    acc = {
+        key: 0.0
+        for key in (
+            "len_kept",
+            "n_kept",
+            "len_all",
+            "n_all",
+            "r_kept",
+            "nr_kept",
+            "r_all",
+            "nr_all",
+            "c_kept",
+            "nc_kept",
+            "c_all",
+            "nc_all",
+            "signal",
+            "signal_all",
+            "al_gfpo",
+            "a_gfpo",
+            "l_gfpo",
+            "n_gfpo",
+            "al_grpo",
+            "a_grpo",
+            "l_grpo",
+            "n_grpo",
+        )
+    }
+    for (_, idx, _), s in zip(buckets, scores):
         L = np.stack([prepared.lengths[i] for i in idx]).astype(np.float64)
         R = np.stack([prepared.rewards[i] for i in idx])
         C = np.stack([prepared.correct[i] for i in idx])
@@ -625,9 +712,22 @@ def measure(prepared: Prepared, spec: FilterSpec, k: int, repeat: int = DEFAULT_
 
 
 _METRICS = (
-    "kept_length_ratio", "kept_length_mean", "group_length_mean", "kept_reward_mean", "group_reward_mean",
-    "kept_accuracy", "group_accuracy", "signal_fraction", "group_signal_fraction",
-    "length_pressure_gfpo", "length_pressure_grpo", "length_push_gfpo", "length_push_grpo", "completions_per_s", "us_per_group", "time_s",
+    "kept_length_ratio",
+    "kept_length_mean",
+    "group_length_mean",
+    "kept_reward_mean",
+    "group_reward_mean",
+    "kept_accuracy",
+    "group_accuracy",
+    "signal_fraction",
+    "group_signal_fraction",
+    "length_pressure_gfpo",
+    "length_pressure_grpo",
+    "length_push_gfpo",
+    "length_push_grpo",
+    "completions_per_s",
+    "us_per_group",
+    "time_s",
 )
 
 
@@ -753,7 +853,11 @@ def _report_exclusions(records: list[dict[str, Any]]) -> None:
             if key in seen:
                 continue
             seen.add(key)
-            what = "have no reward at all" if reason == "all_rewards_missing" else f"have fewer than k={r['k']} completions"
+            what = (
+                "have no reward at all"
+                if reason == "all_rewards_missing"
+                else f"have fewer than k={r['k']} completions"
+            )
             shown = ", ".join(names[:5]) + (f", ... ({len(names) - 5} more)" if len(names) > 5 else "")
             print(f"note: {r['data']}: {len(names)} group(s) {what} and were excluded: {shown}", file=sys.stderr)
     warned = set()
@@ -794,7 +898,14 @@ def plot_records(records: list[dict[str, Any]], path: str) -> None:
             y = [r["kept_reward_mean"] for r in pts]
             (line,) = ax.plot(x, y, marker="o", label=label)
             for r, xi, yi in zip(pts, x, y):
-                ax.annotate(f"k={r['k']}", (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=7, color=line.get_color())
+                ax.annotate(
+                    f"k={r['k']}",
+                    (xi, yi),
+                    textcoords="offset points",
+                    xytext=(4, 3),
+                    fontsize=7,
+                    color=line.get_color(),
+                )
         if recs and recs[0]["group_reward_mean"] is not None:
             ax.axhline(recs[0]["group_reward_mean"], color="grey", linestyle="--", linewidth=1, label="all completions")
         ax.axvline(1.0, color="grey", linestyle=":", linewidth=1)

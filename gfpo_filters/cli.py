@@ -16,9 +16,18 @@ from collections.abc import Sequence
 #: command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "list": ("gfpo_filters.cli", "List the registered filters and the plugins that provide them."),
-    "train-scorer": ("gfpo_filters.scorer", "Train the built-in learned scorer on logged rollouts (for the 'learned' filter)."),
-    "bench": ("gfpo_filters.bench", "Measure what filters keep (length, reward, accuracy, signal) and how fast they run."),
-    "demo": ("gfpo_filters.demo", "Train tiny policies with GRPO and GFPO on a toy task (CPU, a few minutes) and compare length."),
+    "train-scorer": (
+        "gfpo_filters.scorer",
+        "Train the built-in learned scorer on logged rollouts (for the 'learned' filter).",
+    ),
+    "bench": (
+        "gfpo_filters.bench",
+        "Measure what filters keep (length, reward, accuracy, signal) and how fast they run.",
+    ),
+    "demo": (
+        "gfpo_filters.demo",
+        "Train tiny policies with GRPO and GFPO on a toy task (CPU, a few minutes) and compare length.",
+    ),
 }
 
 

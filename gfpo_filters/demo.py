@@ -31,11 +31,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo-output", help="folder for history.json and demo.png")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--learning-rate", type=float, default=5e-4)
-    parser.add_argument("--jobs", type=int, default=min(3, os.cpu_count() or 1), help="runs in parallel (1 thread each)")
+    parser.add_argument(
+        "--jobs", type=int, default=min(3, os.cpu_count() or 1), help="runs in parallel (1 thread each)"
+    )
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
 
 
-def train_variant(label: str, filter_name: str | None, k: int | None, steps: int, seed: int, lr: float, out: str) -> dict[str, Any]:
+def train_variant(
+    label: str, filter_name: str | None, k: int | None, steps: int, seed: int, lr: float, out: str
+) -> dict[str, Any]:
     """Train one variant and return its logged history (runs in a worker process)."""
     import logging
     import warnings
@@ -49,12 +53,12 @@ def train_variant(label: str, filter_name: str | None, k: int | None, steps: int
 
     hf_logging.set_verbosity_error()
 
-    from gfpo_filters.toy import build_dataset, build_model, build_tokenizer, contains_target
-    from gfpo_filters.trainer import GFPOConfig, GFPOTrainer
-
     import tempfile
 
     from transformers import PrinterCallback
+
+    from gfpo_filters.toy import build_dataset, build_model, build_tokenizer, contains_target
+    from gfpo_filters.trainer import GFPOConfig, GFPOTrainer
 
     args = GFPOConfig(
         output_dir=tempfile.mkdtemp(prefix="gfpo-demo-"),  # nothing is saved there (save_strategy="no")
@@ -147,7 +151,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     jobs = max(1, min(args.jobs, len(VARIANTS)))
-    print(f"Training {len(VARIANTS)} tiny policies for {args.steps} steps each on CPU ({jobs} at a time)...", flush=True)
+    print(
+        f"Training {len(VARIANTS)} tiny policies for {args.steps} steps each on CPU ({jobs} at a time)...", flush=True
+    )
     start = time.perf_counter()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
@@ -170,6 +176,9 @@ def run(args: argparse.Namespace) -> int:
         )
     (out / "history.json").write_text(json.dumps(results, indent=1))
     plotted = not args.no_plot and save_plot(results, out / "demo.png")
-    print(f"\nwrote {out / 'history.json'}" + (f" and {out / 'demo.png'}" if plotted else "")
-          + f" in {time.perf_counter() - start:.0f} s")
+    print(
+        f"\nwrote {out / 'history.json'}"
+        + (f" and {out / 'demo.png'}" if plotted else "")
+        + f" in {time.perf_counter() - start:.0f} s"
+    )
     return 0

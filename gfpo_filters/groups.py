@@ -98,9 +98,7 @@ def _rewards_array(group_rewards: Any, n: int, g: int) -> np.ndarray:
             row = _to_numpy(row)
             if not isinstance(row, (Sequence, np.ndarray)) or len(row) != g:
                 got = len(row) if isinstance(row, (Sequence, np.ndarray)) else type(row).__name__
-                raise GroupInputError(
-                    f"group_rewards[{i}] must hold {g} rewards (one per completion), got {got}"
-                )
+                raise GroupInputError(f"group_rewards[{i}] must hold {g} rewards (one per completion), got {got}")
             for j, r in enumerate(row):
                 if r is None:
                     continue

@@ -127,7 +127,9 @@ class Registry:
         names = self.names()
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
         hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        broken = f" ({len(self.problems)} plugin problem(s) at load time: run 'gfpo-filters list')" if self.problems else ""
+        broken = (
+            f" ({len(self.problems)} plugin problem(s) at load time: run 'gfpo-filters list')" if self.problems else ""
+        )
         raise UnknownFilterError(f"unknown filter {name!r}.{hint} Available filters: {', '.join(names)}.{broken}")
 
 

@@ -85,7 +85,9 @@ def read_rollouts(path: str | Path) -> list[RolloutGroup]:
                 raise GroupInputError(f"{where}: 'completions' is empty")
             extra = {k: v for k, v in record.items() if k not in ("prompt", "prompt_id", "completions")}
             groups.append(
-                RolloutGroup(record.get("prompt"), record.get("prompt_id", lineno), texts, rewards, correct, where, extra)
+                RolloutGroup(
+                    record.get("prompt"), record.get("prompt_id", lineno), texts, rewards, correct, where, extra
+                )
             )
     if not groups:
         raise GroupInputError(f"rollout file {str(path)!r} holds no groups")

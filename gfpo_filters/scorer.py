@@ -32,7 +32,7 @@ import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +139,7 @@ def featurize(texts: Sequence[str], config: FeatureConfig) -> Features:
 
 
 # ---------------------------------------------------------------------- the model
-@lru_cache(maxsize=None)
+@cache
 def _model_class() -> type:
     import torch
     from torch import nn

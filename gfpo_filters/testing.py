@@ -236,9 +236,19 @@ def generate_case(
     if n_groups < 1 or group_size < 1:
         raise ValueError("n_groups and group_size must be at least 1")
     args = {
-        "seed": seed, "n_groups": n_groups, "group_size": group_size, "rewards": rewards, "container": container,
-        "missing": missing, "missing_groups": missing_groups, "empty": empty, "empty_groups": empty_groups,
-        "duplicates": duplicates, "messages": messages, "extra": extra, "per_group_k": per_group_k,
+        "seed": seed,
+        "n_groups": n_groups,
+        "group_size": group_size,
+        "rewards": rewards,
+        "container": container,
+        "missing": missing,
+        "missing_groups": missing_groups,
+        "empty": empty,
+        "empty_groups": empty_groups,
+        "duplicates": duplicates,
+        "messages": messages,
+        "extra": extra,
+        "per_group_k": per_group_k,
         "max_words": max_words,
     }
     defaults = generate_case.__kwdefaults__ or {}
@@ -314,13 +324,15 @@ class Subject:
             name = filter_or_name
             self.cls = get_registry().get(name).cls  # UnknownFilterError with suggestions
             self._make: Callable[[], GroupFilter] = lambda: load_filter(name, **params)
-            self.setup = f"from gfpo_filters import load_filter\nf = load_filter({name!r}{', ' if params else ''}{_kwargs_text(params)})"
+            self.setup = f"from gfpo_filters import load_filter\nf = load_filter({name!r}{', ' if params else ''}{_kwargs_text(params)})"  # noqa: E501
             self.label = f"{name}({_kwargs_text(params)})"
         elif isinstance(filter_or_name, type) and issubclass(filter_or_name, GroupFilter):
             cls = filter_or_name
             self.cls = cls
             self._make = lambda: instantiate(cls, cls.name or cls.__name__, params)
-            self.setup = f"from {cls.__module__} import {cls.__qualname__}\nf = {cls.__qualname__}({_kwargs_text(params)})"
+            self.setup = (
+                f"from {cls.__module__} import {cls.__qualname__}\nf = {cls.__qualname__}({_kwargs_text(params)})"
+            )
             self.label = f"{cls.name or cls.__qualname__}({_kwargs_text(params)})"
         elif isinstance(filter_or_name, GroupFilter):
             if params:
@@ -334,7 +346,7 @@ class Subject:
             self.label = repr(inst)
         else:
             raise TypeError(
-                f"check_filter() takes a filter name, a GroupFilter subclass or instance, got {type(filter_or_name).__name__}"
+                f"check_filter() takes a filter name, a GroupFilter subclass or instance, got {type(filter_or_name).__name__}"  # noqa: E501
             )
         self.params = params
 
@@ -419,7 +431,9 @@ def _validate(out: Any, case: Case) -> tuple[int | None, str] | None:
     return None
 
 
-def _expect(subject: Subject, case: Case, prop: Callable[[np.ndarray, Case], tuple[int, str] | None] | None = None) -> np.ndarray:
+def _expect(
+    subject: Subject, case: Case, prop: Callable[[np.ndarray, Case], tuple[int, str] | None] | None = None
+) -> np.ndarray:
     """Call a fresh filter on ``case``; check output type and ``prop``; raise _Broken, shrunk, on failure."""
 
     def attempt(c: Case) -> tuple[int | None, str, Any] | tuple[None, None, np.ndarray]:
@@ -468,13 +482,17 @@ def _missing_last(arr: np.ndarray, case: Case) -> tuple[int, str] | None:
 
 
 # ====================================================================== the checks
-@_check("metadata", "the class declares name, description and deterministic, and an instance can be rebuilt from its params")
+@_check(
+    "metadata", "the class declares name, description and deterministic, and an instance can be rebuilt from its params"
+)
 def _check_metadata(subject: Subject, seed: int) -> None:
     from gfpo_filters.registry import _NAME_RE
 
     cls = subject.cls
     if not isinstance(cls.name, str) or not _NAME_RE.match(cls.name):
-        raise _Broken(f"class attribute name = {cls.name!r}: set a name of letters, digits, '_', '-' or '.', starting with a letter")
+        raise _Broken(
+            f"class attribute name = {cls.name!r}: set a name of letters, digits, '_', '-' or '.', starting with a letter"  # noqa: E501
+        )
     if not isinstance(cls.description, str) or not cls.description.strip():
         raise _Broken(f"class attribute description = {cls.description!r}: set a one-line description")
     if cls.score is GroupFilter.score:
@@ -491,7 +509,11 @@ def _check_metadata(subject: Subject, seed: int) -> None:
             f"__init__ parameter(s) {', '.join(map(repr, unstored))} not stored as attributes of the same name "
             "(f.params and repr(f) then show defaults, and type(f)(**f.params) builds a different filter)"
         )
-    wrong = {p: v for p, v in subject.params.items() if p in type(f).parameters() and f.params.get(p) is not v and f.params.get(p) != v}
+    wrong = {
+        p: v
+        for p, v in subject.params.items()
+        if p in type(f).parameters() and f.params.get(p) is not v and f.params.get(p) != v
+    }
     if wrong:
         p = next(iter(wrong))
         raise _Broken(f"built with {p}={wrong[p]!r} but f.params[{p!r}] = {f.params.get(p)!r}: params must round-trip")
@@ -499,7 +521,9 @@ def _check_metadata(subject: Subject, seed: int) -> None:
         params = f.params
         text = repr(f)
     except Exception as e:  # noqa: BLE001
-        raise _Broken(f"params/repr {_crash(e)} (store each __init__ parameter under an attribute of the same name)") from None
+        raise _Broken(
+            f"params/repr {_crash(e)} (store each __init__ parameter under an attribute of the same name)"
+        ) from None
     try:
         again = type(f)(**params)
     except Exception as e:  # noqa: BLE001
@@ -513,12 +537,14 @@ def _check_metadata(subject: Subject, seed: int) -> None:
 
 @_check("output_type", "the trainer call returns a list of n_groups lists of G finite Python floats")
 def _check_output_type(subject: Subject, seed: int) -> None:
-    for i, kw in enumerate((
-        {"n_groups": 3, "group_size": 8},
-        {"n_groups": 2, "group_size": 5, "rewards": "binary", "container": "ndarray"},
-        {"n_groups": 4, "group_size": 6, "container": "float32"},
-        {"n_groups": 3, "group_size": 4, "rewards": "binary", "container": "nan-list"},
-    )):
+    for i, kw in enumerate(
+        (
+            {"n_groups": 3, "group_size": 8},
+            {"n_groups": 2, "group_size": 5, "rewards": "binary", "container": "ndarray"},
+            {"n_groups": 4, "group_size": 6, "container": "float32"},
+            {"n_groups": 3, "group_size": 4, "rewards": "binary", "container": "nan-list"},
+        )
+    ):
         _expect(subject, generate_case(seed + i, **kw))
 
 
@@ -541,7 +567,10 @@ def _check_reward_values(subject: Subject, seed: int) -> None:
         _expect(subject, generate_case(seed + i, n_groups=4, group_size=6, rewards=kind, container=container))
 
 
-@_check("determinism", "identical input gives identical scores (fresh instances with the same params, for deterministic = False)")
+@_check(
+    "determinism",
+    "identical input gives identical scores (fresh instances with the same params, for deterministic = False)",
+)
 def _check_determinism(subject: Subject, seed: int) -> None:
     case = generate_case(seed, n_groups=6, group_size=8, rewards="mixed", missing=0.1, duplicates=0.4)
     first = subject.make()
@@ -583,7 +612,10 @@ def _check_determinism(subject: Subject, seed: int) -> None:
         raise _Broken(_crash(e), case) from None
 
 
-@_check("missing_rewards", "a completion whose reward is missing (None or NaN) never ranks above one of its group that has a reward")
+@_check(
+    "missing_rewards",
+    "a completion whose reward is missing (None or NaN) never ranks above one of its group that has a reward",
+)
 def _check_missing_rewards(subject: Subject, seed: int) -> None:
     cases = [
         generate_case(seed, n_groups=5, group_size=6, missing=0.35, container="list"),
@@ -603,7 +635,10 @@ def _check_empty_strings(subject: Subject, seed: int) -> None:
     _expect(subject, generate_case(seed + 2, n_groups=2, group_size=2, empty_groups=2, rewards="tied"))
 
 
-@_check("message_completions", "message-list completions ([{'role': 'assistant', 'content': ...}]) are scored, and ranked as their text")
+@_check(
+    "message_completions",
+    "message-list completions ([{'role': 'assistant', 'content': ...}]) are scored, and ranked as their text",
+)
 def _check_message_completions(subject: Subject, seed: int) -> None:
     for i, mode in enumerate(("content", "parts")):
         plain = generate_case(seed + i, n_groups=4, group_size=6, empty=0.1)
@@ -620,10 +655,15 @@ def _check_message_completions(subject: Subject, seed: int) -> None:
             )
 
 
-@_check("extra_kwargs", "the trainer's extra arguments (completion_ids, completion_lengths, prompts, num_remains_in_group, unknown ones) are accepted")
+@_check(
+    "extra_kwargs",
+    "the trainer's extra arguments (completion_ids, completion_lengths, prompts, num_remains_in_group, unknown ones) are accepted",  # noqa: E501
+)
 def _check_extra_kwargs(subject: Subject, seed: int) -> None:
     for i, (layout, per_group) in enumerate((("nested", False), ("flat", False), ("nested", True), ("flat", True))):
-        _expect(subject, generate_case(seed + i, n_groups=3, group_size=6, extra=layout, per_group_k=per_group, missing=0.1))
+        _expect(
+            subject, generate_case(seed + i, n_groups=3, group_size=6, extra=layout, per_group_k=per_group, missing=0.1)
+        )
 
 
 def _snapshot(x: Any) -> Any:
@@ -633,7 +673,10 @@ def _snapshot(x: Any) -> Any:
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
         return (
-            isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape
+            isinstance(a, np.ndarray)
+            and isinstance(b, np.ndarray)
+            and a.dtype == b.dtype
+            and a.shape == b.shape
             and bool(np.array_equal(a, b, equal_nan=a.dtype.kind == "f"))
         )
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
@@ -651,7 +694,9 @@ def _same(a: Any, b: Any) -> bool:
 def _check_no_mutation(subject: Subject, seed: int) -> None:
     cases = [
         generate_case(seed, n_groups=3, group_size=6, missing=0.2, empty=0.1, extra="nested"),
-        generate_case(seed + 1, n_groups=3, group_size=6, missing=0.2, container="ndarray", messages="content", extra="flat"),
+        generate_case(
+            seed + 1, n_groups=3, group_size=6, missing=0.2, container="ndarray", messages="content", extra="flat"
+        ),
     ]
     for case in cases:
         kwargs = case.call_kwargs()
@@ -665,7 +710,7 @@ def _check_no_mutation(subject: Subject, seed: int) -> None:
         for key in before:
             if not _same(before[key], kwargs[key]):
                 raise _Broken(
-                    f"argument {key} was modified by the call: before {_short(before[key], 200)}, after {_short(kwargs[key], 200)}",
+                    f"argument {key} was modified by the call: before {_short(before[key], 200)}, after {_short(kwargs[key], 200)}",  # noqa: E501
                     case,
                 )
 
@@ -718,10 +763,14 @@ def _format_failure(subject: Subject, check: Check, broken: _Broken) -> str:
         if broken.got is not None:
             lines.append(f"  returned: {_short(broken.got)}")
         lines.append("  reproduce:")
-        code = ["from gfpo_filters.testing import generate_case"] + subject.setup.splitlines() + [
-            f"case = {case.recipe}",
-            "scores = f(**case.call_kwargs())",
-        ]
+        code = (
+            ["from gfpo_filters.testing import generate_case"]
+            + subject.setup.splitlines()
+            + [
+                f"case = {case.recipe}",
+                "scores = f(**case.call_kwargs())",
+            ]
+        )
         lines += [f"      {line}" for line in code]
         literal = case.literal()
         if literal:
@@ -776,7 +825,9 @@ def run_checks(
             report.speed = result
     if failures:
         head = f"{len(failures)} of {len(names)} conformance checks failed for {subject.label}:\n\n"
-        raise ConformanceError(head + "\n\n".join(failures), ",".join(n for n in names if n not in report.passed), subject.label)
+        raise ConformanceError(
+            head + "\n\n".join(failures), ",".join(n for n in names if n not in report.passed), subject.label
+        )
     return report
 
 

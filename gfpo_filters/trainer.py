@@ -378,7 +378,9 @@ class GFPOTrainer(GRPOTrainer):
         Prompt fields are padded on the left, completion fields on the right, as TRL pads them.
         """
         acc = self.accelerator
-        counts = [int(((kept_rows >= r * n_local) & (kept_rows < (r + 1) * n_local)).sum()) for r in range(acc.num_processes)]
+        counts = [
+            int(((kept_rows >= r * n_local) & (kept_rows < (r + 1) * n_local)).sum()) for r in range(acc.num_processes)
+        ]
         most = max(counts)
         pad_id = getattr(getattr(self, "_tokenizer", None), "pad_token_id", None) or 0
         gathered = {}

@@ -41,7 +41,12 @@ def hand_advantages(rewards):
 def main(out_dir: str) -> None:
     parts = tiny_parts()
     args = tiny_args(
-        out_dir, per_device_train_batch_size=4, num_generations=G, num_remains_in_group=K, max_steps=2, ddp_backend="gloo"
+        out_dir,
+        per_device_train_batch_size=4,
+        num_generations=G,
+        num_remains_in_group=K,
+        max_steps=2,
+        ddp_backend="gloo",
     )
     filt = FirstFour()
     trainer = GFPOTrainer(

@@ -125,9 +125,18 @@ def test_k_larger_than_every_group_is_reported_not_crashed(tiny, capsys):
 
 
 def test_words_unit_and_tokenizer_file(tmp_path, capsys):
-    path = _write(tmp_path / "w.jsonl", [{"prompt": None, "completions": [
-        {"text": "a b c", "reward": 1.0}, {"text": "abcdefghij", "reward": 0.0},
-    ]}])
+    path = _write(
+        tmp_path / "w.jsonl",
+        [
+            {
+                "prompt": None,
+                "completions": [
+                    {"text": "a b c", "reward": 1.0},
+                    {"text": "abcdefghij", "reward": 0.0},
+                ],
+            }
+        ],
+    )
     rc, recs, _ = bench_json(capsys, "--data", path, "-f", "length", "-k", "1", "--length-unit", "words")
     # By words the single-word completion is the shorter one: kept length 1, mean 2.
     assert recs[0]["length_unit"] == "words" and recs[0]["kept_length_mean"] == 1 and recs[0]["group_length_mean"] == 2
@@ -141,17 +150,33 @@ def test_words_unit_and_tokenizer_file(tmp_path, capsys):
     tok = tokenizers.Tokenizer(WordLevel({"a": 0, "b": 1, "c": 2, "[UNK]": 3}, unk_token="[UNK]"))
     tok.pre_tokenizer = Whitespace()
     tok.save(str(tmp_path / "tokenizer.json"))
-    rc, recs, _ = bench_json(capsys, "--data", path, "-f", "length", "-k", "1", "--tokenizer", str(tmp_path / "tokenizer.json"))
+    rc, recs, _ = bench_json(
+        capsys, "--data", path, "-f", "length", "-k", "1", "--tokenizer", str(tmp_path / "tokenizer.json")
+    )
     assert recs[0]["length_unit"].startswith("tokens") and recs[0]["group_length_mean"] == 2
 
 
 def test_filter_labels_and_parameters(tiny, capsys):
     rc, recs, _ = bench_json(
-        capsys, "--data", tiny, "-f", "a=random,b=random", "-k", "2", "--param", "a.seed=1",
-        "--params", '{"b": {"seed": 2}}',
+        capsys,
+        "--data",
+        tiny,
+        "-f",
+        "a=random,b=random",
+        "-k",
+        "2",
+        "--param",
+        "a.seed=1",
+        "--params",
+        '{"b": {"seed": 2}}',
     )
-    assert [(r["filter"], r["name"], r["params"]) for r in recs] == [("a", "random", {"seed": 1}), ("b", "random", {"seed": 2})]
-    rc, recs, _ = bench_json(capsys, "--data", tiny, "-f", "w=weighted", "-k", "2", "--param", 'w.filters=["length", "reward"]')
+    assert [(r["filter"], r["name"], r["params"]) for r in recs] == [
+        ("a", "random", {"seed": 1}),
+        ("b", "random", {"seed": 2}),
+    ]
+    rc, recs, _ = bench_json(
+        capsys, "--data", tiny, "-f", "w=weighted", "-k", "2", "--param", 'w.filters=["length", "reward"]'
+    )
     assert rc == 0 and recs[0]["params"] == {"filters": ["length", "reward"]}
 
 
@@ -162,7 +187,10 @@ def test_parse_helpers():
     with pytest.raises(BenchUsageError, match="positive integers"):
         parse_ks(["two"])
     specs = parse_filter_specs(["length, x=reward"], ["x.threshold=0.5", "length.tokenizer=abc"], [])
-    assert [(s.label, s.name, s.params) for s in specs] == [("length", "length", {"tokenizer": "abc"}), ("x", "reward", {"threshold": 0.5})]
+    assert [(s.label, s.name, s.params) for s in specs] == [
+        ("length", "length", {"tokenizer": "abc"}),
+        ("x", "reward", {"threshold": 0.5}),
+    ]
     with pytest.raises(BenchUsageError, match="no filter labelled 'lenght'"):
         parse_filter_specs(["length"], ["lenght.tokenizer=1"], [])
     with pytest.raises(BenchUsageError, match="expected LABEL.KEY=VALUE"):
@@ -217,7 +245,9 @@ def test_synthetic_default_runs_every_parameterless_filter(capsys):
 
 
 def test_synthetic_generator_follows_its_reward_model():
-    groups = synthetic_rollouts(n_groups=400, group_size=8, mean_length=300, length_effect=-1.5, missing_rate=0.1, seed=1)
+    groups = synthetic_rollouts(
+        n_groups=400, group_size=8, mean_length=300, length_effect=-1.5, missing_rate=0.1, seed=1
+    )
     L = np.array([[len(t) for t in g.texts] for g in groups], dtype=float)
     C = np.array([g.correct for g in groups])
     R = np.array([g.rewards for g in groups])
@@ -225,7 +255,9 @@ def test_synthetic_generator_follows_its_reward_model():
     assert L[C == 1].mean() < L[C == 0].mean()  # longer completions are less often correct
     assert 0.07 < np.isnan(R).mean() < 0.13
     np.testing.assert_array_equal(R[np.isfinite(R)], C[np.isfinite(R)])  # binary reward = correctness
-    again = synthetic_rollouts(n_groups=400, group_size=8, mean_length=300, length_effect=-1.5, missing_rate=0.1, seed=1)
+    again = synthetic_rollouts(
+        n_groups=400, group_size=8, mean_length=300, length_effect=-1.5, missing_rate=0.1, seed=1
+    )
     assert [g.texts for g in again] == [g.texts for g in groups]
 
 
@@ -262,7 +294,23 @@ def extra_filters(monkeypatch):
 
 def test_timing_goes_through_the_trainer_call(extra_filters, tmp_path, capsys):
     path = _write(tmp_path / "r.jsonl", [_group([1, 2, 3], [1.0, 0.0, 1.0], prompt=f"q{i}") for i in range(5)])
-    rc = main(["bench", "--data", path, "-f", "spy", "-k", "2", "--repeat", "3", "--batch-groups", "2", "--json", "--no-progress"])
+    rc = main(
+        [
+            "bench",
+            "--data",
+            path,
+            "-f",
+            "spy",
+            "-k",
+            "2",
+            "--repeat",
+            "3",
+            "--batch-groups",
+            "2",
+            "--json",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     calls = _Spy.calls
     assert len(calls) == 3 * 3  # 3 passes x ceil(5 / 2) calls
@@ -290,7 +338,26 @@ def test_table_markdown_and_progress(tiny, capsys):
     assert lines[3].split()[:3] == ["length", "2", "0.600"]
     assert "bench [" in err and "2/2 tiny.jsonl: reward k=2" in err
     saved = tiny + ".out.json"
-    assert main(["bench", "--data", tiny, "-f", "length", "-k", "2", "--repeat", "1", "--markdown", "--no-progress", "--save-json", saved]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--data",
+                tiny,
+                "-f",
+                "length",
+                "-k",
+                "2",
+                "--repeat",
+                "1",
+                "--markdown",
+                "--no-progress",
+                "--save-json",
+                saved,
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "| filter | k | len kept/all |" in out and "| length | 2 | 0.600 |" in out
     with open(saved) as f:
@@ -308,13 +375,33 @@ def test_table_markdown_and_progress(tiny, capsys):
 def test_plot_needs_matplotlib(tiny, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     assert main(["bench", "--data", tiny, "-f", "length", "--plot", "x.png"]) == 2
-    assert "--plot needs matplotlib, which is not installed: pip install 'gfpo-filters[plot]'" in capsys.readouterr().err
+    assert (
+        "--plot needs matplotlib, which is not installed: pip install 'gfpo-filters[plot]'" in capsys.readouterr().err
+    )
 
 
 def test_plot_is_written(tiny, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     out = tmp_path / "plot.png"
-    assert main(["bench", "--data", tiny, "-f", "length,reward", "-k", "1,2", "--repeat", "1", "--plot", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--data",
+                tiny,
+                "-f",
+                "length,reward",
+                "-k",
+                "1,2",
+                "--repeat",
+                "1",
+                "--plot",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"plot written to {out}" in capsys.readouterr().err
 

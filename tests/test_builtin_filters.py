@@ -264,7 +264,9 @@ def test_weighted_bad_parameters(params, match):
 
 def test_combinations_pass_trainer_kwargs_to_components():
     f = load_filter("chain", filters=["max_variance", "length"])
-    scores = np.array(f(group_completions=[["a", "bb", "c", "d"]], group_rewards=[[0, 1, 0.5, 0.5]], num_remains_in_group=2))
+    scores = np.array(
+        f(group_completions=[["a", "bb", "c", "d"]], group_rewards=[[0, 1, 0.5, 0.5]], num_remains_in_group=2)
+    )
     assert kept(scores, 2) == [[0, 1]]
 
 

@@ -25,6 +25,7 @@ from gfpo_filters.testing import (
 
 pytest_plugins = ["pytester"]
 
+
 def _learned_params() -> dict:
     torch = pytest.importorskip("torch")
 
@@ -294,7 +295,9 @@ def test_subjects_names_classes_and_instances():
 def test_generated_cases_are_reproducible_from_their_recipe():
     from gfpo_filters.testing import Case  # noqa: F401 - used by eval of the recipe
 
-    case = generate_case(5, n_groups=3, group_size=7, rewards="mixed", missing=0.3, empty=0.2, extra="flat", per_group_k=True)
+    case = generate_case(
+        5, n_groups=3, group_size=7, rewards="mixed", missing=0.3, empty=0.2, extra="flat", per_group_k=True
+    )
     again = eval(case.recipe, {"generate_case": generate_case})
     assert again.texts == case.texts
     np.testing.assert_array_equal(again.rewards, case.rewards)
@@ -389,7 +392,7 @@ def test_plugin_module_is_cheap_and_side_effect_free():
         "before = list(warnings.filters)\n"
         "import gfpo_filters.pytest_plugin\n"
         "import gfpo_filters.registry as r\n"
-        "heavy = [m for m in ('torch', 'trl', 'matplotlib', 'scipy.stats', 'gfpo_filters.testing', 'transformers') if m in sys.modules]\n"
+        "heavy = [m for m in ('torch', 'trl', 'matplotlib', 'scipy.stats', 'gfpo_filters.testing', 'transformers') if m in sys.modules]\n"  # noqa: E501
         "assert not heavy, heavy\n"
         "assert r._registry is None, 'the registry was built at import'\n"
         "assert warnings.filters == before\n"

@@ -24,7 +24,9 @@ class Echo(GroupFilter):
 
 
 def run(output, completions=(("a", "b"),), rewards=((0.0, 1.0),), **kwargs):
-    return Echo(output)(group_completions=[list(c) for c in completions], group_rewards=[list(r) for r in rewards], **kwargs)
+    return Echo(output)(
+        group_completions=[list(c) for c in completions], group_rewards=[list(r) for r in rewards], **kwargs
+    )
 
 
 @pytest.mark.parametrize(
@@ -64,8 +66,14 @@ def test_malformed_extra_arguments_are_named(kwargs, match):
 
 
 def test_extra_arguments_in_both_layouts():
-    g = Groups.from_call([["a", "b"], ["c", "d"]], [[0, 0], [0, 0]], completion_ids=[[1], [2, 3], [4], []],
-                         prompts=["p", "p", "q", "q"], num_remains_in_group=np.int64(1), unknown_kwarg=object())
+    g = Groups.from_call(
+        [["a", "b"], ["c", "d"]],
+        [[0, 0], [0, 0]],
+        completion_ids=[[1], [2, 3], [4], []],
+        prompts=["p", "p", "q", "q"],
+        num_remains_in_group=np.int64(1),
+        unknown_kwarg=object(),
+    )
     assert g.completion_ids == [[[1], [2, 3]], [[4], []]]
     assert g.lengths.tolist() == [[1, 2], [1, 0]] and g.prompts == ["p", "q"] and g.k.tolist() == [1, 1]
 
@@ -101,7 +109,9 @@ def test_nan_score_where_reward_is_missing_is_allowed_and_demoted():
 
 
 def test_missing_reward_with_high_score_is_demoted_but_order_among_missing_kept():
-    out = np.array(run(np.array([[100.0, 5.0, 50.0, 1.0]]), completions=(("a",) * 4,), rewards=((None, 0.0, None, 0.0),)))
+    out = np.array(
+        run(np.array([[100.0, 5.0, 50.0, 1.0]]), completions=(("a",) * 4,), rewards=((None, 0.0, None, 0.0),))
+    )
     order = np.argsort(-out[0], kind="stable").tolist()
     assert order == [1, 3, 0, 2]
 
@@ -122,14 +132,17 @@ def test_filters_do_not_mutate_their_inputs():
     lengths = [[3, 1], [2, 1]]
     before = copy.deepcopy((completions, rewards, lengths))
     for name in ("length", "token_efficiency", "reward", "max_variance", "random"):
-        load_filter(name)(group_completions=completions, group_rewards=rewards, completion_lengths=lengths,
-                          num_remains_in_group=1)
+        load_filter(name)(
+            group_completions=completions, group_rewards=rewards, completion_lengths=lengths, num_remains_in_group=1
+        )
     assert (completions, rewards, lengths) == before
 
 
 def test_rollout_reader_names_file_and_line(tmp_path):
     path = tmp_path / "r.jsonl"
-    path.write_text('{"prompt": "p", "completions": [{"text": "a", "reward": 1}]}\n{"prompt": "q", "completions": [{"text": 5}]}\n')
+    path.write_text(
+        '{"prompt": "p", "completions": [{"text": "a", "reward": 1}]}\n{"prompt": "q", "completions": [{"text": 5}]}\n'
+    )
     with pytest.raises(GroupInputError, match=r"r.jsonl:2: completion 0 must be an object with a string 'text'"):
         read_rollouts(path)
     path.write_text('{"prompt": "p", "completions": [{"text": "a", "reward": "high"}]}\n')

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from gfpo_filters import FilterParameterError, GFPOFilterWarning, Groups, GroupInputError, load_filter
+from gfpo_filters import FilterParameterError, GFPOFilterWarning, GroupInputError, Groups, load_filter
 from gfpo_filters.filters.diversity import (
     AUTO_EXACT_MAX_SHINGLES,
     greedy_order,

@@ -20,7 +20,6 @@ from gfpo_filters.rollouts import RolloutGroup, write_rollouts  # noqa: E402
 from gfpo_filters.scorer import (  # noqa: E402
     FORMAT_VERSION,
     FeatureConfig,
-    HashedNgramScorer,
     ProgressBar,
     ScorerCheckpointError,
     featurize,
@@ -61,7 +60,16 @@ def flat(groups):
 def trained(tmp_path_factory):
     texts, rewards, keys = flat(synthetic(120))
     result = train_scorer(
-        texts, rewards, keys, features=SMALL, dim=8, epochs=4, lr=0.05, batch_size=16, seed=0, progress=False,
+        texts,
+        rewards,
+        keys,
+        features=SMALL,
+        dim=8,
+        epochs=4,
+        lr=0.05,
+        batch_size=16,
+        seed=0,
+        progress=False,
         stream=io.StringIO(),
     )
     path = tmp_path_factory.mktemp("scorer") / "scorer.pt"
@@ -152,7 +160,15 @@ def test_continuous_rewards_use_squared_loss_and_spearman():
     texts, rewards, keys = flat(groups)
     rewards = [2.0 + 3.0 * r + 0.01 * len(t) for r, t in zip(rewards, texts)]
     res = train_scorer(
-        texts, rewards, keys, features=SMALL, dim=4, epochs=4, lr=0.05, batch_size=16, progress=False,
+        texts,
+        rewards,
+        keys,
+        features=SMALL,
+        dim=4,
+        epochs=4,
+        lr=0.05,
+        batch_size=16,
+        progress=False,
         stream=io.StringIO(),
     )
     assert res.metric == "spearman" and res.scorer.loss == "mse"
@@ -195,8 +211,19 @@ def test_relative_training_ranks_within_prompts():
             texts.append(" ".join(words))
             rewards.append(1.0 if good else (0.6 if easy else 0.0))
             keys.append(p)
-    res = train_scorer(texts, rewards, keys, features=SMALL, dim=4, epochs=6, lr=0.05, batch_size=16,
-                       relative=True, progress=False, stream=io.StringIO())
+    res = train_scorer(
+        texts,
+        rewards,
+        keys,
+        features=SMALL,
+        dim=4,
+        epochs=6,
+        lr=0.05,
+        batch_size=16,
+        relative=True,
+        progress=False,
+        stream=io.StringIO(),
+    )
     assert res.metric == "within_prompt" and res.scorer.relative and res.scorer.loss == "mse"
     assert res.scorer.training["val_metric"] > 0.9
     assert res.history[0]["val_within_prompt"] < 0.75  # length alone cannot do it
@@ -227,8 +254,23 @@ def test_cli_trains_and_the_filter_loads_the_checkpoint(tmp_path, capsys):
     data = tmp_path / "rollouts.jsonl"
     write_rollouts(data, synthetic(80))
     out = tmp_path / "scorer.pt"
-    rc = cli_main(["train-scorer", str(data), "--out", str(out), "--epochs", "3", "--buckets", "4096",
-                   "--dim", "8", "--lr", "0.02", "--no-progress"])
+    rc = cli_main(
+        [
+            "train-scorer",
+            str(data),
+            "--out",
+            str(out),
+            "--epochs",
+            "3",
+            "--buckets",
+            "4096",
+            "--dim",
+            "8",
+            "--lr",
+            "0.02",
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 0, err
     assert err.count("val auc") == 5 and "held-out prompts" in err
@@ -422,8 +464,14 @@ def _tiny_hf_model(tmp_path, num_labels=1):
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]")
     torch.manual_seed(0)
     config = BertConfig(
-        vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=32, max_position_embeddings=64, num_labels=num_labels, pad_token_id=0,
+        vocab_size=len(vocab),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+        num_labels=num_labels,
+        pad_token_id=0,
     )
     model = BertForSequenceClassification(config).eval()
     directory = tmp_path / f"rm{num_labels}"
@@ -449,8 +497,9 @@ def test_hf_model_with_several_labels_needs_label(tmp_path):
         load_filter("learned", model=directory, device="cpu")([["the", "a"]], [[1, 1]])
     scores = load_filter("learned", model=directory, device="cpu", label=1)([["the", "a banana"]], [[1, 1]])[0]
     with torch.inference_mode():
-        expected = [float(torch.log_softmax(model(**tok(t, return_tensors="pt")).logits, 1)[0, 1]) for t in
-                    ("the", "a banana")]
+        expected = [
+            float(torch.log_softmax(model(**tok(t, return_tensors="pt")).logits, 1)[0, 1]) for t in ("the", "a banana")
+        ]
     np.testing.assert_allclose(scores, expected, atol=1e-5)
 
 

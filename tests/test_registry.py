@@ -21,8 +21,8 @@ from gfpo_filters import (
     UnknownFilterError,
     hookimpl,
     load_filter,
+    registry,
 )
-from gfpo_filters import registry
 from gfpo_filters.cli import main as cli_main
 
 BUILTINS = {"chain", "length", "max_variance", "random", "reward", "token_efficiency", "weighted"}
@@ -41,7 +41,11 @@ def make_plugin(module_name: str, *classes: type) -> types.ModuleType:
 
 def entry_point(name: str, dist: str, load, version: str = "1.0"):
     return SimpleNamespace(
-        name=name, value=f"{dist.replace('-', '_')}:plugin", group="gfpo_filters", dist=SimpleNamespace(name=dist, version=version), load=load
+        name=name,
+        value=f"{dist.replace('-', '_')}:plugin",
+        group="gfpo_filters",
+        dist=SimpleNamespace(name=dist, version=version),
+        load=load,
     )
 
 
@@ -204,7 +208,9 @@ def test_unknown_name_lists_choices_and_suggests(monkeypatch):
 
 
 def test_bad_parameters_name_the_filter_and_parameter():
-    with pytest.raises(FilterParameterError, match=r"filter 'random' has no parameter 'sead' \(did you mean 'seed'\?\)"):
+    with pytest.raises(
+        FilterParameterError, match=r"filter 'random' has no parameter 'sead' \(did you mean 'seed'\?\)"
+    ):
         load_filter("random", sead=1)
     with pytest.raises(FilterParameterError, match=r"filter 'random', parameter 'seed'"):
         load_filter("random", seed=-1)
@@ -278,6 +284,6 @@ def test_cli_list_reports_problems_on_stderr(capsys, monkeypatch):
 def test_import_is_light():
     import subprocess
 
-    code = "import sys, gfpo_filters; gfpo_filters.load_filter('length'); print(sorted(m for m in ('torch', 'trl', 'transformers', 'scipy.stats', 'matplotlib') if m in sys.modules))"
+    code = "import sys, gfpo_filters; gfpo_filters.load_filter('length'); print(sorted(m for m in ('torch', 'trl', 'transformers', 'scipy.stats', 'matplotlib') if m in sys.modules))"  # noqa: E501
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -59,13 +59,13 @@ def test_each_group_is_one_prompt_and_advantages_match_hand_computation(tmp_path
         assert len(groups) == 3 and all(len(g) == 4 for g in groups)  # 3 prompts per batch
         assert rewards == [[reward_of(c) for c in g] for g in groups]
         # The filter got true token counts and the per-group prompts.
-        assert [[len(ids) for ids in g] for g in call["completion_ids"]] == np.asarray(call["completion_lengths"]).tolist()
+        assert [[len(ids) for ids in g] for g in call["completion_ids"]] == np.asarray(
+            call["completion_lengths"]
+        ).tolist()
         assert call["num_remains_in_group"] == 3 and len(call["prompts"]) == 3
 
         kept, advantages = expected_selection(np.asarray(call["completion_lengths"]).tolist(), rewards, k=3)
-        expected_rows = sorted(
-            (groups[i][j], round(advantages[i][j], 5)) for i in range(3) for j in kept[i]
-        )
+        expected_rows = sorted((groups[i][j], round(advantages[i][j], 5)) for i in range(3) for j in kept[i])
         got_rows = sorted(
             zip(decode_rows(batch, trainer.processing_class), np.round(batch["advantages"].tolist(), 5).tolist())
         )
@@ -84,8 +84,17 @@ def test_trl_171_gfpo_trainer_mixes_groups(tmp_path):
     parts = tiny_parts()
     recorder = Recorder()
     trl_args = gfpo.GFPOConfig(
-        output_dir=str(tmp_path), per_device_train_batch_size=12, num_generations=4, num_remains_in_group=3,
-        max_completion_length=10, max_steps=1, report_to="none", use_cpu=True, beta=0.0, save_strategy="no", seed=0,
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=12,
+        num_generations=4,
+        num_remains_in_group=3,
+        max_completion_length=10,
+        max_steps=1,
+        report_to="none",
+        use_cpu=True,
+        beta=0.0,
+        save_strategy="no",
+        seed=0,
     )
     trainer = gfpo.GFPOTrainer(
         model=parts["model"],
@@ -124,9 +133,13 @@ def test_logged_selection_metrics_by_hand(tmp_path):
         zero_std = [len({rewards[i][j] for j in kept[i]}) == 1 for i in range(3)]
         fractions.append(sum(zero_std) / 3)
         assert logged["gfpo/frac_kept_zero_std"] == pytest.approx(fractions[-1])
-        assert logged["gfpo/kept_length_mean"] == pytest.approx(sum(lengths[i][j] for i in range(3) for j in kept[i]) / 9)
+        assert logged["gfpo/kept_length_mean"] == pytest.approx(
+            sum(lengths[i][j] for i in range(3) for j in kept[i]) / 9
+        )
         assert logged["gfpo/all_length_mean"] == pytest.approx(np.mean(lengths))
-        assert logged["gfpo/kept_reward_mean"] == pytest.approx(np.mean([rewards[i][j] for i in range(3) for j in kept[i]]))
+        assert logged["gfpo/kept_reward_mean"] == pytest.approx(
+            np.mean([rewards[i][j] for i in range(3) for j in kept[i]])
+        )
     assert any(0 < f < 1 for f in fractions), f"the data should mix groups with and without variance: {fractions}"
 
 
@@ -148,8 +161,14 @@ def test_loss_normalizer_all_needs_a_token_sum_loss(tmp_path):
 def test_padding_rows_make_micro_batches_equal(tmp_path):
     # 3 groups x k=3 = 9 kept rows split over steps_per_generation=2 micro-batches -> one padding row.
     recorder = Recorder()
-    trainer = make(tmp_path, CheckingFilter(recorder, 4), reward_funcs=[recorder], steps_per_generation=2,
-                   gradient_accumulation_steps=2, per_device_train_batch_size=6)
+    trainer = make(
+        tmp_path,
+        CheckingFilter(recorder, 4),
+        reward_funcs=[recorder],
+        steps_per_generation=2,
+        gradient_accumulation_steps=2,
+        per_device_train_batch_size=6,
+    )
     batches = capture_batches(trainer)
     trainer.train()
     batch = batches[0]
@@ -161,9 +180,12 @@ def test_padding_rows_make_micro_batches_equal(tmp_path):
 def test_evaluation_is_unfiltered(tmp_path):
     parts = tiny_parts()
     trainer = GFPOTrainer(
-        model=parts["model"], reward_funcs=[Recorder()], processing_class=parts["processing_class"],
+        model=parts["model"],
+        reward_funcs=[Recorder()],
+        processing_class=parts["processing_class"],
         args=tiny_args(str(tmp_path), per_device_eval_batch_size=12, eval_strategy="no"),
-        train_dataset=parts["train_dataset"], eval_dataset=parts["train_dataset"].select(range(3)),
+        train_dataset=parts["train_dataset"],
+        eval_dataset=parts["train_dataset"].select(range(3)),
         group_filter_func="length",
     )
     batches = capture_batches(trainer)
@@ -201,8 +223,18 @@ def test_adaptive_assign_warmup_window_and_missing():
 def test_adaptive_k_through_a_training_step_and_resume(tmp_path):
     # Rewards make three difficulties: prompt difficulty = mean of (len mod 5)/4 varies by group.
     check = CheckingFilter(recorder := Recorder(), 4)
-    trainer = make(tmp_path, check, reward_funcs=[recorder], num_generations=4, num_remains_in_group=2,
-                   adaptive_k=[4, 3, 3, 2], adaptive_window=64, max_steps=2, save_strategy="steps", save_steps=2)
+    trainer = make(
+        tmp_path,
+        check,
+        reward_funcs=[recorder],
+        num_generations=4,
+        num_remains_in_group=2,
+        adaptive_k=[4, 3, 3, 2],
+        adaptive_window=64,
+        max_steps=2,
+        save_strategy="steps",
+        save_steps=2,
+    )
     batches = capture_batches(trainer)
     trainer.train()
     call, batch = check.calls[-1], batches[-1]
@@ -213,8 +245,15 @@ def test_adaptive_k_through_a_training_step_and_resume(tmp_path):
     state = json.loads((tmp_path / "checkpoint-2" / "gfpo_state.json").read_text())["adaptive"]
     assert len(state["values"]) == 6  # two batches of 3 prompts
 
-    resumed = make(tmp_path, "length", num_generations=4, num_remains_in_group=2, adaptive_k=[4, 3, 3, 2],
-                   adaptive_window=64, max_steps=3)
+    resumed = make(
+        tmp_path,
+        "length",
+        num_generations=4,
+        num_remains_in_group=2,
+        adaptive_k=[4, 3, 3, 2],
+        adaptive_window=64,
+        max_steps=3,
+    )
     resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
     assert list(resumed._adaptive._values)[:6] == state["values"]
 
@@ -250,7 +289,10 @@ def test_filter_returning_wrong_shape_during_training(tmp_path):
         return [[1.0, 2.0]] * len(group_completions)
 
     trainer = make(tmp_path, broken)
-    with pytest.raises(FilterOutputError, match=r"group filter 'test_filter_returning_wrong_shape_during_training.<locals>.broken' returned scores of shape \(3, 2\); expected \(groups, G\) = \(3, 4\)"):
+    with pytest.raises(
+        FilterOutputError,
+        match=r"group filter 'test_filter_returning_wrong_shape_during_training.<locals>.broken' returned scores of shape \(3, 2\); expected \(groups, G\) = \(3, 4\)",  # noqa: E501
+    ):
         trainer.train()
 
 
@@ -275,8 +317,17 @@ def test_nan_scores_and_missing_rewards_never_win(tmp_path):
 def test_two_processes_agree_and_train_each_kept_row_once(tmp_path):
     worker = Path(__file__).with_name("distributed_worker.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           str(worker), str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        str(worker),
+        str(tmp_path),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
@@ -285,7 +336,12 @@ def test_two_processes_agree_and_train_each_kept_row_once(tmp_path):
         # Both processes computed the same selection and saw the same groups.
         assert a["kept"] == b["kept"] and a["groups"] == b["groups"]
         groups, kept = a["groups"], a["kept"]
-        expected = sorted((groups[i][j], round(adv, 5)) for i, row in enumerate(a["advantages"]) for j, adv in enumerate(row) if kept[i][j])
+        expected = sorted(
+            (groups[i][j], round(adv, 5))
+            for i, row in enumerate(a["advantages"])
+            for j, adv in enumerate(row)
+            if kept[i][j]
+        )
         trained = sorted(tuple(x) for x in a["rows"] + b["rows"])
         # Every kept row is trained exactly once, on one of the two processes, with its advantage.
         assert trained == expected

@@ -93,7 +93,11 @@ def tiny_args(output_dir: str, **overrides: Any):
 
 
 def tiny_parts():
-    return {"model": build_model(0, hidden=16, layers=1), "processing_class": build_tokenizer(), "train_dataset": build_dataset(24)}
+    return {
+        "model": build_model(0, hidden=16, layers=1),
+        "processing_class": build_tokenizer(),
+        "train_dataset": build_dataset(24),
+    }
 
 
 def capture_batches(trainer) -> list[dict[str, Any]]:

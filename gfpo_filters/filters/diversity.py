@@ -103,9 +103,7 @@ def completion_sequences(groups: Groups, unit: str = "auto") -> tuple[np.ndarray
     return (*_text_to_array(groups.flat_texts(), unit), unit)
 
 
-def shingle_hashes(
-    values: np.ndarray, lengths: np.ndarray, ngram: int, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
+def shingle_hashes(values: np.ndarray, lengths: np.ndarray, ngram: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Seeded 64-bit hashes of every n-gram of every sequence, and the sequence each belongs to.
 
     A sequence shorter than ``ngram`` (but not empty) yields one shingle: the whole sequence.

@@ -339,6 +339,7 @@ class LearnedFilter(GroupFilter):
             inputs = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
             out[idx] = self._check_output(self._module(**inputs), idx.size, int(idx[0]), g)
 
+
 @hookimpl
 def register_filters():
     return [LearnedFilter]

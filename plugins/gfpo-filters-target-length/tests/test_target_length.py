@@ -28,16 +28,22 @@ def fresh_registry():
 def test_exact_mode_scores_distance_to_target():
     f = TargetLengthFilter(target=10)
     # lengths 4, 10, 13, 30 -> |L - 10| = 6, 0, 3, 20
-    scores = f(group_completions=[["a", "b", "c", "d"]], group_rewards=[[1.0, 0.0, 1.0, 1.0]],
-               completion_lengths=[[4, 10, 13, 30]])
+    scores = f(
+        group_completions=[["a", "b", "c", "d"]],
+        group_rewards=[[1.0, 0.0, 1.0, 1.0]],
+        completion_lengths=[[4, 10, 13, 30]],
+    )
     assert scores == [[-6.0, 0.0, -3.0, -20.0]]
     assert topk_mask(np.array(scores), 2).tolist() == [[False, True, True, False]]
 
 
 def test_max_mode_penalises_only_the_excess():
     f = TargetLengthFilter(target=10, mode="max")
-    scores = f(group_completions=[["a", "b", "c", "d"]], group_rewards=[[1.0, 0.0, 1.0, 1.0]],
-               completion_lengths=[[4, 10, 13, 30]])
+    scores = f(
+        group_completions=[["a", "b", "c", "d"]],
+        group_rewards=[[1.0, 0.0, 1.0, 1.0]],
+        completion_lengths=[[4, 10, 13, 30]],
+    )
     assert scores == [[0.0, 0.0, -3.0, -20.0]]
     # Within budget the completions tie; ties go to the earlier one.
     assert topk_mask(np.array(scores), 1).tolist() == [[True, False, False, False]]
@@ -51,7 +57,10 @@ def test_falls_back_to_characters_and_uses_token_ids_when_given():
     assert f(group_completions=texts, group_rewards=rewards) == [[-1.0, -3.0, 0.0], [-3.0, -2.0, -1.0]]
     ids = [[[1] * 5, [1] * 3, [1]], [[1, 2], [], [1, 2, 3, 4, 5, 6]]]
     # token ids: 5, 3, 1 / 2, 0, 6  ->  -2, 0, -2 / -1, -3, -3
-    assert f(group_completions=texts, group_rewards=rewards, completion_ids=ids) == [[-2.0, 0.0, -2.0], [-1.0, -3.0, -3.0]]
+    assert f(group_completions=texts, group_rewards=rewards, completion_ids=ids) == [
+        [-2.0, 0.0, -2.0],
+        [-1.0, -3.0, -3.0],
+    ]
 
 
 def test_tokenizer_parameter_counts_tokens():
@@ -62,8 +71,9 @@ def test_tokenizer_parameter_counts_tokens():
 
 def test_missing_reward_is_ranked_last_even_at_the_target():
     f = TargetLengthFilter(target=5)
-    scores = np.array(f(group_completions=[["x", "y", "z"]], group_rewards=[[None, 0.0, 1.0]],
-                        completion_lengths=[[5, 9, 1]]))
+    scores = np.array(
+        f(group_completions=[["x", "y", "z"]], group_rewards=[[None, 0.0, 1.0]], completion_lengths=[[5, 9, 1]])
+    )
     # raw -|L-5| = 0, -4, -4; completion 0 has no reward, so it goes below both others
     assert scores[0, 0] < scores[0, 1] == scores[0, 2]
     assert topk_mask(scores, 2).tolist() == [[False, True, True]]
@@ -92,7 +102,9 @@ def _installed() -> bool:
     return True
 
 
-needs_install = pytest.mark.skipif(not _installed(), reason="entry point needs: pip install -e plugins/gfpo-filters-target-length")
+needs_install = pytest.mark.skipif(
+    not _installed(), reason="entry point needs: pip install -e plugins/gfpo-filters-target-length"
+)
 
 
 @needs_install
