@@ -95,11 +95,19 @@ class GroupFilter:
         warnings.warn(f"filter {self.name!r}: {message}", GFPOFilterWarning, stacklevel=3)
 
 
-def finalize_scores(raw: Any, groups: Groups, filter_name: str) -> np.ndarray:
-    """Validate a filter's raw scores and demote completions with missing rewards.
+def check_scores(
+    raw: Any,
+    shape: tuple[int, int],
+    filter_name: str,
+    valid: np.ndarray | None = None,
+    rewards: np.ndarray | None = None,
+) -> np.ndarray:
+    """A filter's scores as a float64 array of ``shape``, or a :class:`FilterOutputError` saying what is wrong.
 
-    Raises :class:`FilterOutputError` for a wrong shape, non-numbers, or a non-finite score
-    on a completion that has a reward. Returns finite float64 scores.
+    Scores may come as nested lists, a numpy array or a torch tensor on any device. With ``valid``
+    (False where the reward is missing), a non-finite score where the reward is known is an error too
+    (naming the reward, when ``rewards`` is given);
+    without it, NaN scores are allowed (they rank last).
     """
     if hasattr(raw, "detach"):
         raw = raw.detach().cpu().numpy()
@@ -107,19 +115,30 @@ def finalize_scores(raw: Any, groups: Groups, filter_name: str) -> np.ndarray:
         scores = np.array(raw, dtype=np.float64)
     except (TypeError, ValueError) as e:
         raise FilterOutputError(f"filter {filter_name!r} returned scores that are not numbers: {e}") from None
-    if scores.shape != groups.shape:
+    if scores.shape != tuple(shape):
         raise FilterOutputError(
-            f"filter {filter_name!r} returned scores of shape {scores.shape}; expected (n_groups, G) = {groups.shape}"
+            f"filter {filter_name!r} returned scores of shape {scores.shape}; expected (n_groups, G) = {tuple(shape)}"
         )
+    if valid is not None:
+        bad = ~np.isfinite(scores) & valid
+        if bad.any():
+            i, j = map(int, np.argwhere(bad)[0])
+            reward = "" if rewards is None else f" (reward {rewards[i, j]})"
+            raise FilterOutputError(
+                f"filter {filter_name!r} returned a non-finite score ({scores[i, j]}) for group {i}, completion {j}"
+                f"{reward}; "
+                f"{int(bad.sum())} such score(s) in this batch. Scores must be finite wherever the reward is known."
+            )
+    return scores
+
+
+def finalize_scores(raw: Any, groups: Groups, filter_name: str) -> np.ndarray:
+    """Validate a filter's raw scores (:func:`check_scores`) and demote completions with missing rewards.
+
+    Returns finite float64 scores.
+    """
+    scores = check_scores(raw, groups.shape, filter_name, valid=groups.valid, rewards=groups.rewards)
     finite = np.isfinite(scores)
-    bad = ~finite & groups.valid
-    if bad.any():
-        i, j = map(int, np.argwhere(bad)[0])
-        raise FilterOutputError(
-            f"filter {filter_name!r} returned a non-finite score ({scores[i, j]}) for group {i}, completion {j} "
-            f"(reward {groups.rewards[i, j]}); {int(bad.sum())} such score(s) in this batch. "
-            "Scores must be finite wherever the reward is known."
-        )
     missing = ~groups.valid
     if missing.any():
         # Map non-finite scores of missing-reward completions just below the row's finite minimum,

@@ -55,6 +55,8 @@ from typing import Any
 
 import numpy as np
 
+from gfpo_filters.base import check_scores
+
 LENGTH_UNITS = ("chars", "words")
 DEFAULT_REPEAT = 5
 DEFAULT_BATCH_GROUPS = 32
@@ -609,7 +611,7 @@ def measure(
                         out = filt(**kwargs)
                         elapsed += time.perf_counter() - t0
                         if rep == 0:
-                            outs.append(_check_scores(out, len(kwargs["group_completions"]), G))
+                            outs.append(check_scores(out, (len(kwargs["group_completions"]), G), spec.label))
                     if rep == 0:
                         scores.append(np.concatenate(outs, axis=0))
                 best = min(best, elapsed)
@@ -729,18 +731,6 @@ _METRICS = (
     "us_per_group",
     "time_s",
 )
-
-
-def _check_scores(out: Any, n: int, G: int) -> np.ndarray:
-    from gfpo_filters.errors import FilterOutputError
-
-    try:
-        arr = np.asarray(out, dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise FilterOutputError(f"the trainer call returned scores that are not numbers: {e}") from None
-    if arr.shape != (n, G):
-        raise FilterOutputError(f"the trainer call returned scores of shape {arr.shape}; expected {(n, G)}")
-    return arr
 
 
 def _has_spread(R: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -291,7 +291,7 @@ def test_filter_returning_wrong_shape_during_training(tmp_path):
     trainer = make(tmp_path, broken)
     with pytest.raises(
         FilterOutputError,
-        match=r"group filter 'test_filter_returning_wrong_shape_during_training.<locals>.broken' returned scores of shape \(3, 2\); expected \(groups, G\) = \(3, 4\)",  # noqa: E501
+        match=r"filter 'test_filter_returning_wrong_shape_during_training.<locals>.broken' returned scores of shape \(3, 2\); expected \(n_groups, G\) = \(3, 4\)",  # noqa: E501
     ):
         trainer.train()
 

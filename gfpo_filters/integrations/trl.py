@@ -1,0 +1,379 @@
+"""GFPOTrainer: GFPO as a thin layer over TRL's GRPOTrainer (TRL 1.7.1 to 1.16).
+
+GRPOTrainer generates, scores and computes GRPO advantages for the whole generation batch.
+This adapter then, on the training batch only:
+
+1. takes the gathered rewards from ``_calculate_rewards`` (it wraps that method to see them),
+2. gathers the completions of all processes and cuts them into groups ``[i*G : (i+1)*G]``,
+3. calls the group filter once per batch on all groups, with token ids and lengths,
+4. keeps the top k of each group (ties to the earlier completion; NaN scores and missing
+   rewards last), the same selection on every process (process 0's scores are broadcast),
+5. standardises rewards over the kept set S (population std, paper Eq. 1), and
+6. drops the rejected rows from the batch and spreads the kept rows evenly over processes,
+   so the backward pass costs about k/G of GRPO's on one process and on many.
+
+GRPOTrainer internals this relies on (checked on TRL 1.7.1 and 1.16.0): the method
+``_calculate_rewards(inputs, prompts, completions, completion_ids_list)`` returning rewards
+gathered over processes in process order; ``_generate_and_score_completions(inputs)`` returning
+a dict of per-row tensors (``prompt_ids``, ``prompt_mask``, ``completion_ids``,
+``completion_mask``, ``advantages``, optional log-prob tensors) plus ``num_items_in_batch``;
+the attributes ``reward_weights``, ``num_generations``, ``scale_rewards``, ``_metrics`` and
+``_logs``; and ``_save_checkpoint`` / ``_load_optimizer_and_scheduler`` for the adaptive state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate.utils import broadcast, gather_object
+from trl import GRPOConfig, GRPOTrainer
+
+from gfpo_filters.adaptive import AdaptiveK
+from gfpo_filters.step import accepted_kwargs, gfpo_step, group_rows, resolve_filter
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "gfpo_state.json"
+#: Fields of the generation batch whose second dimension is the prompt (left-padded).
+PROMPT_FIELDS = {"prompt_ids": "pad", "prompt_mask": 0}
+#: Fields whose second dimension is the completion (right-padded); value = padding value.
+COMPLETION_FIELDS = {
+    "completion_ids": "pad",
+    "completion_mask": 0,
+    "tool_mask": 1,
+    "old_per_token_logps": 0.0,
+    "ref_per_token_logps": 0.0,
+    "sampling_per_token_logps": 0.0,
+    "importance_sampling_ratio": 0.0,
+}
+MULTIMODAL_FIELDS = ("pixel_values", "image_grid_thw", "pixel_attention_mask", "image_sizes", "num_images")
+#: Loss types whose normaliser is num_items_in_batch (a token count over the generation batch).
+TOKEN_SUM_LOSSES = ("dapo", "cispo", "vespo")
+
+
+@dataclass
+class GFPOConfig(GRPOConfig):
+    """GRPOConfig plus the GFPO settings.
+
+    With ``adaptive_k`` unset, every group keeps ``num_remains_in_group``. With ``adaptive_k``
+    (4 values: very hard, hard, medium, easy), k follows the prompt's difficulty bucket after
+    ``adaptive_warmup_steps`` optimizer steps; before that, and for groups with no reward at
+    all, every group keeps ``num_remains_in_group``.
+    """
+
+    num_remains_in_group: int | None = field(
+        default=None,
+        metadata={"help": "k: completions kept per group (2 .. num_generations - 1). Required with a filter."},
+    )
+    adaptive_k: list[int] | None = field(
+        default=None,
+        metadata={"help": "Adaptive Difficulty GFPO: k for very hard, hard, medium, easy prompts, e.g. 8 8 6 4."},
+    )
+    adaptive_warmup_steps: int = field(
+        default=0, metadata={"help": "Optimizer steps during which every group keeps num_remains_in_group."}
+    )
+    adaptive_window: int = field(
+        default=4096, metadata={"help": "How many recent prompts' difficulties define the quartiles."}
+    )
+    gfpo_loss_normalizer: str = field(
+        default="kept",
+        metadata={
+            "help": "Token count that token-sum losses (dapo, cispo, vespo) divide by: 'kept' (tokens of the kept "
+            "completions, as if they were the whole batch) or 'all' (tokens of all G completions, the paper's Eq. 2)."
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        g = self.num_generations
+        k = self.num_remains_in_group
+        if k is not None and (not isinstance(k, int) or not 2 <= k <= g - 1):
+            raise ValueError(
+                f"num_remains_in_group={k!r} is out of range: with num_generations={g} it must be an int from 2 "
+                f"to {g - 1} (k=1 leaves no reward variance, so every advantage would be 0; k={g} is plain GRPO)"
+            )
+        if self.adaptive_k is not None:
+            values = list(self.adaptive_k)
+            if k is None:
+                raise ValueError("adaptive_k needs num_remains_in_group too: it is the k used during warm-up")
+            if len(values) != 4 or not all(isinstance(v, int) and 2 <= v <= g for v in values):
+                raise ValueError(
+                    f"adaptive_k={values!r} must be 4 ints (very hard, hard, medium, easy), each from 2 to "
+                    f"num_generations={g}"
+                )
+            if self.adaptive_warmup_steps < 0 or self.adaptive_window < 1:
+                raise ValueError("adaptive_warmup_steps must be >= 0 and adaptive_window >= 1")
+        if self.gfpo_loss_normalizer not in ("kept", "all"):
+            raise ValueError(f"gfpo_loss_normalizer must be 'kept' or 'all', got {self.gfpo_loss_normalizer!r}")
+        if self.gfpo_loss_normalizer == "all" and self.loss_type not in TOKEN_SUM_LOSSES:
+            raise ValueError(
+                f"gfpo_loss_normalizer='all' only applies to token-sum losses {TOKEN_SUM_LOSSES}; "
+                f"loss_type={self.loss_type!r} normalises within each micro-batch"
+            )
+
+
+class GFPOTrainer(GRPOTrainer):
+    """GRPOTrainer that trains on the top ``num_remains_in_group`` completions of each group.
+
+    ``group_filter_func`` is a registered filter name (``"token_efficiency"``), a filter from
+    :func:`gfpo_filters.load_filter`, or any callable
+    ``f(group_completions=..., group_rewards=..., **kwargs) -> list[list[float]]`` (higher = keep).
+    """
+
+    def __init__(
+        self,
+        model,
+        reward_funcs,
+        args: GFPOConfig | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        reward_processing_classes=None,
+        group_filter_func=None,
+        callbacks=None,
+        optimizers=(None, None),
+        peft_config=None,
+    ):
+        k = getattr(args, "num_remains_in_group", None)
+        if group_filter_func is not None and k is None:
+            raise ValueError(
+                "a group_filter_func was given but num_remains_in_group is not set: pass "
+                "args=GFPOConfig(num_remains_in_group=k, ...) with 2 <= k < num_generations"
+            )
+        if group_filter_func is None and k is not None:
+            raise ValueError(
+                f"num_remains_in_group={k} is set but no group_filter_func was given: pass a filter, "
+                "e.g. group_filter_func='token_efficiency' (see 'gfpo-filters list')"
+            )
+        self.group_filter_func = resolve_filter(group_filter_func)
+        super().__init__(
+            model=model,
+            reward_funcs=reward_funcs,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            reward_processing_classes=reward_processing_classes,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            peft_config=peft_config,
+        )
+        self.num_remains_in_group = k
+        if self.group_filter_func is None:
+            logger.warning("GFPOTrainer without a group filter: it trains exactly like GRPOTrainer")
+            return
+        if getattr(self, "multi_objective_aggregation", "sum_then_normalize") != "sum_then_normalize":
+            raise ValueError(
+                "GFPOTrainer needs multi_objective_aggregation='sum_then_normalize': GFPO standardises one "
+                "reward per completion over the kept set"
+            )
+        self._filter_kwargs = accepted_kwargs(self.group_filter_func)
+        self._adaptive = None
+        if args.adaptive_k is not None:
+            self._adaptive = AdaptiveK(args.adaptive_k, k, args.adaptive_warmup_steps, args.adaptive_window)
+        self._rewards_capture: tuple[Any, ...] | None = None
+
+    # ------------------------------------------------------------------ GRPOTrainer hooks
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._rewards_capture = (prompts, completions, completion_ids_list, rewards_per_func)
+        return rewards_per_func
+
+    def _generate_and_score_completions(self, inputs):
+        self._rewards_capture = None
+        output = super()._generate_and_score_completions(inputs)
+        if self.group_filter_func is None or not self.model.training:
+            return output  # evaluation is unfiltered
+        if self._rewards_capture is None:
+            raise RuntimeError(
+                "GFPOTrainer: GRPOTrainer._generate_and_score_completions did not call _calculate_rewards; "
+                "this TRL version is not supported (tested: 1.7.1 to 1.16)"
+            )
+        capture, self._rewards_capture = self._rewards_capture, None
+        return self._filter_batch(output, *capture)
+
+    # ------------------------------------------------------------------ the GFPO step
+    def _filter_batch(self, output, prompts, completions, completion_ids_list, rewards_per_func):
+        """Translate TRL's generation batch into groups, run the GFPO step, and keep the selected rows."""
+        acc = self.accelerator
+        present = [f for f in MULTIMODAL_FIELDS if f in output]
+        if present:
+            raise NotImplementedError(
+                f"GFPOTrainer does not support vision-language batches yet (batch fields {present})"
+            )
+        g = self.num_generations
+        n_local = len(prompts)
+
+        # One reward per completion, as GRPO sums them; unscorable (all functions None) -> NaN.
+        weights = self.reward_weights.to(rewards_per_func.device)
+        rewards = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)
+        rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
+        rewards = rewards.double().cpu().numpy()
+        n_total = rewards.shape[0]
+        if n_total != n_local * acc.num_processes or n_total % g:
+            raise RuntimeError(
+                f"GFPOTrainer: {n_total} gathered rewards do not form groups of {g} over "
+                f"{acc.num_processes} process(es) with {n_local} rows each"
+            )
+
+        # Gathered completions, cut into the right groups: rows [i*G, (i+1)*G) belong to prompt i.
+        all_ids = group_rows(gather_object([list(ids) for ids in completion_ids_list]), g)
+        result = gfpo_step(
+            self.group_filter_func,
+            completions=group_rows(gather_object(list(completions)), g),
+            rewards=rewards.reshape(-1, g),
+            k=self.num_remains_in_group,
+            completion_ids=all_ids,
+            prompts=gather_object(list(prompts))[::g],
+            scale={True: "group", False: "none"}.get(self.scale_rewards, self.scale_rewards),
+            adaptive=self._adaptive,
+            global_step=self.state.global_step,
+            sync_scores=self._broadcast_scores if acc.num_processes > 1 else None,
+            filter_kwargs=self._filter_kwargs,
+        )
+        self._log_selection(result, n_total)
+        # Keep only the selected rows, spread evenly over processes.
+        return self._select_rows(output, result.kept.reshape(-1), result.advantages.reshape(-1), n_local)
+
+    def _broadcast_scores(self, scores: np.ndarray) -> np.ndarray:
+        """Process 0's scores on every process, so that all keep the same rows."""
+        acc = self.accelerator
+        out = broadcast(torch.as_tensor(scores, dtype=torch.float64, device=acc.device), from_process=0)
+        return out.cpu().numpy()
+
+    def _select_rows(self, output, kept_flat, advantages_flat, n_local):
+        acc = self.accelerator
+        rank, world = acc.process_index, acc.num_processes
+        kept_rows = np.flatnonzero(kept_flat)  # global row indices, in order
+        n_kept = kept_rows.size
+
+        row_fields = {
+            key: value
+            for key, value in output.items()
+            if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == n_local and key != "advantages"
+        }
+        unknown = [key for key in row_fields if key not in PROMPT_FIELDS and key not in COMPLETION_FIELDS]
+        if unknown and world > 1:
+            raise NotImplementedError(
+                f"GFPOTrainer cannot redistribute batch fields {unknown} across processes; "
+                "please report this with your TRL version"
+            )
+
+        # This process's kept rows (local indices) and their loss tokens, for num_items_in_batch.
+        local = (kept_rows >= rank * n_local) & (kept_rows < (rank + 1) * n_local)
+        local_idx = torch.as_tensor(kept_rows[local] - rank * n_local, device=acc.device)
+        mask = output["completion_mask"] * output["tool_mask"] if "tool_mask" in output else output["completion_mask"]
+        kept_tokens = mask[local_idx].sum().reshape(1).to(torch.float32)
+        num_items = acc.gather(kept_tokens).sum() if world > 1 else kept_tokens.sum()
+
+        # All kept rows in global order (on many processes: gathered from every process).
+        rows = {key: value[local_idx] for key, value in row_fields.items()}
+        if world > 1:
+            rows = self._gather_kept_rows(rows, kept_rows, n_local)
+
+        # Balanced contiguous shares, each padded to the same multiple of steps_per_generation.
+        share = [n_kept // world + (1 if r < n_kept % world else 0) for r in range(world)]
+        chunks = max(1, int(getattr(self.args, "steps_per_generation", 1) or 1))
+        per_rank = max(1, math.ceil(max(share) / chunks)) * chunks
+        begin = sum(share[:rank])
+        fields = {key: value[begin : begin + share[rank]] for key, value in rows.items()}
+        advantages = torch.as_tensor(advantages_flat[kept_rows[begin : begin + share[rank]]], dtype=torch.float32)
+        n_pad = per_rank - share[rank]
+        if n_pad:
+            # Padding rows: copies of the first kept row with an empty completion mask and advantage 0,
+            # so that every process runs the same number of equal micro-batches (DDP and gathers need it).
+            for key, value in fields.items():
+                pad_rows = rows[key][:1].expand(n_pad, *value.shape[1:]).clone()
+                if key == "completion_mask":
+                    pad_rows.zero_()
+                fields[key] = torch.cat([value, pad_rows])
+            advantages = torch.cat([advantages, torch.zeros(n_pad)])
+
+        fields = self._trim_completion_width(fields)
+        result = {key: value for key, value in output.items() if key not in row_fields}
+        result.update(fields)
+        result["advantages"] = advantages.to(output["advantages"].device, output["advantages"].dtype)
+        if getattr(self.args, "gfpo_loss_normalizer", "kept") == "kept":
+            result["num_items_in_batch"] = num_items.to(output["num_items_in_batch"].dtype).reshape(
+                output["num_items_in_batch"].shape
+            )  # else GRPO's count over all G completions stays: the paper's Eq. 2
+        self._metrics["train"]["gfpo/padding_rows"].append(float(n_pad))
+        return result
+
+    def _gather_kept_rows(self, rows, kept_rows, n_local):
+        """Every process's kept rows, concatenated in global row order, padded to common widths.
+
+        Prompt fields are padded on the left, completion fields on the right, as TRL pads them.
+        """
+        acc = self.accelerator
+        counts = [
+            int(((kept_rows >= r * n_local) & (kept_rows < (r + 1) * n_local)).sum()) for r in range(acc.num_processes)
+        ]
+        most = max(counts)
+        pad_id = getattr(getattr(self, "_tokenizer", None), "pad_token_id", None) or 0
+        gathered = {}
+        for key, value in rows.items():
+            pad_value = PROMPT_FIELDS.get(key, COMPLETION_FIELDS.get(key, 0))
+            pad_value = pad_id if pad_value == "pad" else pad_value
+            if value.ndim >= 2:
+                value = acc.pad_across_processes(value, dim=1, pad_index=pad_value, pad_first=key in PROMPT_FIELDS)
+            value = acc.pad_across_processes(value, dim=0, pad_index=pad_value)
+            everything = acc.gather(value)
+            gathered[key] = torch.cat([everything[r * most : r * most + counts[r]] for r in range(acc.num_processes)])
+        return gathered
+
+    def _trim_completion_width(self, fields):
+        """Drop completion columns that no kept row uses (kept rows are often the short ones)."""
+        if "completion_mask" not in fields or fields["completion_mask"].numel() == 0:
+            return fields
+        used = fields["completion_mask"].any(dim=0).nonzero()
+        width = int(used.max()) + 1 if used.numel() else 1
+        multiple = getattr(self, "pad_to_multiple_of", None)
+        if multiple:
+            width = math.ceil(width / multiple) * multiple
+        full = fields["completion_mask"].shape[1]
+        if width >= full:
+            return fields
+        return {
+            key: value[:, :width] if key in COMPLETION_FIELDS and value.ndim >= 2 and value.shape[1] == full else value
+            for key, value in fields.items()
+        }
+
+    # ------------------------------------------------------------------ logging
+    def _log_selection(self, result, n_total):
+        metrics = self._metrics["train"]
+        for name, value in result.metrics.items():
+            metrics[name].append(value)
+        # The completions table shows GFPO advantages (0 when rejected) and what was kept.
+        logs = getattr(self, "_logs", None)
+        if isinstance(logs, dict) and "advantages" in logs and len(logs["advantages"]) >= n_total:
+            for _ in range(n_total):
+                logs["advantages"].pop()
+            logs["advantages"].extend(result.advantages.reshape(-1).tolist())
+            if "extra" in logs:
+                logs["extra"]["gfpo_kept"].extend(result.kept.reshape(-1).tolist())
+
+    # ------------------------------------------------------------------ checkpoints (adaptive k state)
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if getattr(self, "_adaptive", None) is not None and self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            with open(os.path.join(folder, STATE_FILE), "w") as f:
+                json.dump({"adaptive": self._adaptive.state_dict()}, f)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if getattr(self, "_adaptive", None) is not None and checkpoint is not None:
+            path = os.path.join(checkpoint, STATE_FILE)
+            if not os.path.exists(path):
+                logger.warning("checkpoint %s has no %s: the adaptive-k window starts empty", checkpoint, STATE_FILE)
+                return
+            with open(path) as f:
+                self._adaptive.load_state_dict(json.load(f)["adaptive"])

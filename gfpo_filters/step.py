@@ -1,0 +1,254 @@
+"""The GFPO step, engine-neutral: from a batch of groups to the kept set and its advantages.
+
+Every engine adapter (TRL's GRPOTrainer, verl's replay buffer) calls :func:`gfpo_step` once
+per batch with the groups it gathered, and only translates batches in and out::
+
+    result = gfpo_step(filter_fn, completions=..., rewards=R, lengths=L, k=4)
+    result.kept         # (n_groups, G) bool: the top k of each group
+    result.advantages   # (n_groups, G): rewards standardised over the kept set, 0 elsewhere
+    result.metrics      # the ``gfpo/*`` numbers to log
+
+The step:
+
+1. chooses k per group (one k, or Adaptive Difficulty GFPO's k from the group's mean reward),
+2. calls the filter once on all groups, with token ids, lengths, prompts and k where it takes them,
+3. checks the scores (shape, numbers) and, on many processes, lets the engine make them identical
+   everywhere (``sync_scores``: e.g. broadcast process 0's),
+4. keeps the top k of each group (ties to the earlier completion; NaN scores and missing
+   rewards last), and
+5. standardises rewards over the kept set (population std, the paper's Eq. 1).
+
+Rewards are one float per completion, NaN where a completion could not be scored.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from gfpo_filters.adaptive import BUCKETS, AdaptiveK
+from gfpo_filters.base import GroupFilter, check_scores
+from gfpo_filters.registry import load_filter
+from gfpo_filters.selection import gfpo_advantages, topk_mask
+
+#: Keyword arguments a filter may take besides ``group_completions`` and ``group_rewards``.
+FILTER_KWARGS = ("completion_ids", "completion_lengths", "prompts", "num_remains_in_group")
+
+#: A group filter: a registered filter object or any callable with the ``group_filter_func`` signature.
+FilterFn = Callable[..., Any]
+
+
+def resolve_filter(group_filter: Any, params: dict[str, Any] | None = None) -> FilterFn | None:
+    """A filter object from a registered name (with ``params``) or any callable, returned as is."""
+    if group_filter is None or callable(group_filter):
+        if params:
+            raise ValueError(f"filter parameters {sorted(params)} need a filter name, not a {type(group_filter)}")
+        return group_filter
+    if isinstance(group_filter, str):
+        return load_filter(group_filter, **(params or {}))
+    raise TypeError(f"a group filter must be a callable or a registered filter name, got {type(group_filter).__name__}")
+
+
+def filter_name(f: Any) -> str:
+    """How errors and logs name a filter: its registered name, else its qualified name."""
+    if isinstance(f, GroupFilter):
+        return f.name
+    return getattr(f, "__qualname__", None) or type(f).__name__
+
+
+def accepted_kwargs(f: FilterFn) -> tuple[str, ...]:
+    """Which of :data:`FILTER_KWARGS` the callable takes (all of them if it takes ``**kwargs``)."""
+    try:
+        params = inspect.signature(f).parameters.values()
+    except (TypeError, ValueError):
+        return ()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return FILTER_KWARGS
+    names = {p.name for p in params}
+    return tuple(k for k in FILTER_KWARGS if k in names)
+
+
+@dataclass
+class GFPOStepResult:
+    """What :func:`gfpo_step` decided for one batch; every array is ``(n_groups, G)`` unless noted."""
+
+    scores: np.ndarray
+    kept: np.ndarray
+    advantages: np.ndarray
+    k: np.ndarray  # (n_groups,)
+    buckets: np.ndarray | None = None  # (n_groups,) adaptive-k bucket, -1 for groups with no reward
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def group_rows(rows: Sequence[Any], group_size: int) -> list[list[Any]]:
+    """Cut a flat, group-major sequence into groups: rows ``[i*G, (i+1)*G)`` belong to group ``i``."""
+    if len(rows) % group_size:
+        raise ValueError(f"{len(rows)} rows do not form whole groups of {group_size}")
+    return [list(rows[i : i + group_size]) for i in range(0, len(rows), group_size)]
+
+
+def call_filter(
+    filter_fn: FilterFn,
+    completions: list[list[Any]],
+    rewards: np.ndarray,
+    *,
+    completion_ids: list[list[Any]] | None = None,
+    lengths: np.ndarray | None = None,
+    prompts: list[Any] | None = None,
+    k: np.ndarray,
+    kwargs: Sequence[str] | None = None,
+) -> np.ndarray:
+    """Call a filter once on all groups and return its checked scores, shape ``rewards.shape``.
+
+    Our filters take the rewards array as is; other callables get nested lists with NaN for a
+    missing reward, as TRL 1.7.1 passed them. ``kwargs`` limits the extra arguments to those the
+    filter takes (default: found from its signature).
+    """
+    values = {
+        "completion_ids": completion_ids,
+        "completion_lengths": lengths,
+        "prompts": prompts,
+        "num_remains_in_group": int(k[0]) if k.size and (k == k[0]).all() else k.tolist(),
+    }
+    names = accepted_kwargs(filter_fn) if kwargs is None else kwargs
+    extra = {name: values[name] for name in names if values[name] is not None}
+    rewards_arg = rewards if isinstance(filter_fn, GroupFilter) else rewards.tolist()
+    raw = filter_fn(group_completions=completions, group_rewards=rewards_arg, **extra)
+    return check_scores(raw, rewards.shape, filter_name(filter_fn))
+
+
+def gfpo_step(
+    filter_fn: FilterFn,
+    *,
+    completions: list[list[Any]],
+    rewards: np.ndarray,
+    k: int | Sequence[int] | np.ndarray,
+    completion_ids: list[list[Any]] | None = None,
+    lengths: np.ndarray | None = None,
+    prompts: list[Any] | None = None,
+    scale: str = "group",
+    adaptive: AdaptiveK | None = None,
+    global_step: int = 0,
+    sync_scores: Callable[[np.ndarray], np.ndarray] | None = None,
+    filter_kwargs: Sequence[str] | None = None,
+) -> GFPOStepResult:
+    """Score, select and compute GFPO advantages for a batch of ``n_groups`` groups of ``G``.
+
+    Parameters
+    ----------
+    filter_fn:
+        A filter from :func:`gfpo_filters.load_filter` or any ``group_filter_func`` callable.
+    completions:
+        ``n_groups`` lists of ``G`` completions (text, message lists, or anything the filter reads).
+    rewards:
+        ``(n_groups, G)`` floats, NaN where a completion has no reward.
+    k:
+        Completions kept per group: one int or one per group. With ``adaptive``, the k of groups
+        during warm-up and of groups with no reward at all.
+    completion_ids, lengths, prompts:
+        Token ids per completion (grouped like ``completions``), ``(n_groups, G)`` token counts,
+        and one prompt per group; each is passed to filters that take it.
+    scale:
+        ``"group"`` (paper), ``"batch"`` or ``"none"``: the std the advantages divide by.
+    adaptive, global_step:
+        Adaptive Difficulty GFPO: k per group from the group's mean reward (see :mod:`gfpo_filters.adaptive`).
+    sync_scores:
+        On many processes, a function that makes the scores identical everywhere (broadcast from
+        process 0), so that every process keeps the same rows.
+    """
+    rewards = np.asarray(rewards, dtype=np.float64)
+    if rewards.ndim != 2:
+        raise ValueError(f"rewards must have shape (n_groups, G), got {rewards.shape}")
+    n_groups, g = rewards.shape
+    if len(completions) != n_groups or any(len(c) != g for c in completions):
+        raise ValueError(f"completions must be {n_groups} groups of {g}, matching rewards {rewards.shape}")
+    if lengths is None:
+        lengths = np.zeros(rewards.shape) if completion_ids is None else _lengths_of(completion_ids, rewards.shape)
+    lengths = np.asarray(lengths)
+    if lengths.shape != rewards.shape:
+        raise ValueError(f"lengths have shape {lengths.shape}; expected {rewards.shape}")
+
+    if adaptive is not None:
+        k_groups, buckets = adaptive.assign(rewards, global_step)
+    else:
+        k_groups, buckets = _k_per_group(k, n_groups, g), None
+
+    start = time.perf_counter()
+    scores = call_filter(
+        filter_fn,
+        completions,
+        rewards,
+        completion_ids=completion_ids,
+        lengths=lengths,
+        prompts=prompts,
+        k=k_groups,
+        kwargs=filter_kwargs,
+    )
+    filter_seconds = time.perf_counter() - start
+    if sync_scores is not None:
+        scores = np.asarray(sync_scores(scores), dtype=np.float64)
+
+    kept = topk_mask(scores, k_groups, valid=np.isfinite(rewards))
+    advantages = gfpo_advantages(rewards, kept, scale=scale)
+    metrics = selection_metrics(rewards, lengths, kept, k_groups, buckets)
+    metrics["gfpo/filter_seconds"] = filter_seconds
+    return GFPOStepResult(scores, kept, advantages, k_groups, buckets, metrics)
+
+
+def _k_per_group(k: Any, n_groups: int, g: int) -> np.ndarray:
+    ks = np.asarray(k)
+    if ks.ndim == 0:
+        ks = np.full(n_groups, ks)
+    if ks.shape != (n_groups,) or not np.issubdtype(ks.dtype, np.integer):
+        raise ValueError(f"k must be one int or {n_groups} ints (one per group), got {k!r}")
+    bad = (ks < 1) | (ks > g)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"k={int(ks[i])} for group {i} is out of range: groups have {g} completions")
+    return ks.astype(np.int64)
+
+
+def _lengths_of(completion_ids: list[list[Any]], shape: tuple[int, int]) -> np.ndarray:
+    flat = [ids for group in completion_ids for ids in group]
+    return np.fromiter((len(ids) for ids in flat), dtype=np.int64, count=len(flat)).reshape(shape)
+
+
+def has_signal(rewards: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Per group: do the known rewards on ``rows`` take at least two values (so some advantage is not 0)?"""
+    use = np.asarray(rows, dtype=bool) & np.isfinite(rewards)
+    hi = np.where(use, rewards, -np.inf).max(axis=1)
+    lo = np.where(use, rewards, np.inf).min(axis=1)
+    return hi > lo
+
+
+def selection_metrics(
+    rewards: np.ndarray,
+    lengths: np.ndarray,
+    kept: np.ndarray,
+    k: np.ndarray,
+    buckets: np.ndarray | None = None,
+) -> dict[str, float]:
+    """The ``gfpo/*`` metrics of one batch: what was kept against what was sampled."""
+    valid = np.isfinite(rewards)
+    kept_valid = kept & valid
+    nan = float("nan")
+    metrics = {
+        "gfpo/k_mean": float(k.mean()) if k.size else nan,
+        "gfpo/kept_fraction": float(kept.mean()) if kept.size else nan,
+        "gfpo/all_length_mean": float(lengths.mean()) if lengths.size else nan,
+        "gfpo/kept_length_mean": float(lengths[kept].mean()) if kept.any() else nan,
+        "gfpo/all_reward_mean": float(rewards[valid].mean()) if valid.any() else nan,
+        "gfpo/kept_reward_mean": float(rewards[kept_valid].mean()) if kept_valid.any() else nan,
+        # Kept rewards all equal (or none scorable): that group contributes no gradient.
+        "gfpo/frac_kept_zero_std": float((~has_signal(rewards, kept)).mean()) if kept.size else nan,
+        "gfpo/missing_reward_frac": float((~valid).mean()) if valid.size else nan,
+    }
+    if buckets is not None:
+        for b, name in enumerate(BUCKETS):
+            metrics[f"gfpo/bucket_{name}_frac"] = float((buckets == b).mean())
+    return metrics
