@@ -38,7 +38,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def train_variant(
-    label: str, filter_name: str | None, k: int | None, steps: int, seed: int, lr: float, out: str
+    label: str,
+    filter_name: str | None,
+    k: int | None,
+    steps: int,
+    seed: int,
+    lr: float,
+    out: str,
+    keep_signal: bool | str = False,
 ) -> dict[str, Any]:
     """Train one variant and return its logged history (runs in a worker process)."""
     import logging
@@ -76,6 +83,7 @@ def train_variant(
         save_strategy="no",
         disable_tqdm=True,
         bf16=False,
+        keep_signal=keep_signal,
     )
     trainer = GFPOTrainer(
         model=build_model(seed),
@@ -95,11 +103,21 @@ def train_variant(
             "reward": h["reward"],
             "kept_length": h.get("gfpo/kept_length_mean"),
             "kept_zero_std": h.get("gfpo/frac_kept_zero_std"),
+            "kept_zero_std_before": h.get("gfpo/frac_kept_zero_std_before"),
+            "zero_advantage": h.get("gfpo/frac_zero_advantage"),
+            "swaps": h.get("gfpo/keep_signal_swaps"),
         }
         for h in trainer.state.log_history
         if "completions/mean_length" in h
     ]
-    return {"label": label, "filter": filter_name, "k": k, "seconds": time.perf_counter() - start, "history": history}
+    return {
+        "label": label,
+        "filter": filter_name,
+        "k": k,
+        "keep_signal": args.keep_signal,
+        "seconds": time.perf_counter() - start,
+        "history": history,
+    }
 
 
 def format_table(results: list[dict[str, Any]]) -> str:

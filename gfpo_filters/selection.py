@@ -54,6 +54,78 @@ def topk_mask(scores: np.ndarray, k: Any, valid: np.ndarray | None = None) -> np
     return ranks(scores, valid) < _as_k(k, scores.shape[0])[:, None]
 
 
+def has_signal(rewards: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Per group: do the known rewards on ``rows`` take at least two values (so some advantage is not 0)?"""
+    use = np.asarray(rows, dtype=bool) & np.isfinite(rewards)
+    hi = np.where(use, rewards, -np.inf).max(axis=1)
+    lo = np.where(use, rewards, np.inf).min(axis=1)
+    return hi > lo
+
+
+def signal_swap(
+    rank: np.ndarray, kept: np.ndarray, rewards: np.ndarray, prefer: np.ndarray | None = None
+) -> np.ndarray:
+    """Give reward variance back to kept sets that lost it: one swap per such group.
+
+    A group is changed when its known rewards take two or more values but those of its kept set
+    (of at least 2 rows) take one value, the *level*. Then the lowest-ranked kept completion is
+    replaced by the candidate, a completion with a known reward other than the level, that comes
+    first by ``prefer`` (lower first; ``None``: no preference) and then by ``rank`` (the filter's
+    order, 0 = best). Missing rewards are never swapped in, the kept count stays the same, and
+    the result depends only on the inputs (no randomness). Returns the new mask.
+    """
+    r = np.asarray(rewards, dtype=np.float64)
+    kept = np.asarray(kept, dtype=bool)
+    valid = np.isfinite(r)
+    need = has_signal(r, valid) & ~has_signal(r, kept) & (kept.sum(axis=1) >= 2)
+    if not need.any():
+        return kept.copy()
+    level = np.where(kept & valid, r, -np.inf).max(axis=1, keepdims=True)
+    candidate = valid & ~kept & (r != level)
+    key = np.zeros(r.shape) if prefer is None else np.asarray(prefer, dtype=np.float64)
+    by_rank = np.argsort(rank, axis=1, kind="stable")  # best first
+    keyed = np.take_along_axis(np.where(candidate, key, np.inf), by_rank, axis=1)
+    add = np.take_along_axis(by_rank, np.argmin(keyed, axis=1)[:, None], axis=1)[:, 0]
+    drop = np.argmax(np.where(kept, rank, -1), axis=1)
+    rows = np.flatnonzero(need)
+    out = kept.copy()
+    out[rows, drop[rows]] = False
+    out[rows, add[rows]] = True
+    return out
+
+
+def balanced_mask(rank: np.ndarray, rewards: np.ndarray, k: Any) -> np.ndarray:
+    """PODS max-variance selection of ``k`` per group, equal rewards taken in the filter's order.
+
+    The reward values kept are those of a maximum-variance subset of the known rewards
+    (:func:`gfpo_filters.filters.max_variance.max_variance_mask`); among completions with the
+    same reward, the best-ranked (``rank``, 0 = best) are kept. With 0/1 rewards that is the
+    filter's best ``k/2`` correct and best ``k/2`` wrong completions when the group has them.
+    Groups whose known rewards are all equal keep the filter's top ``k``; when fewer than ``k``
+    rewards are known, the rest is filled in the filter's order.
+    """
+    from gfpo_filters.filters.max_variance import max_variance_mask
+
+    r = np.asarray(rewards, dtype=np.float64)
+    rank = np.asarray(rank)
+    n, _ = r.shape
+    k = _as_k(k, n)
+    valid = np.isfinite(r)
+    top = rank < k[:, None]
+    mv = max_variance_mask(r, valid, k)
+    # How many of each reward value the max-variance set holds, then the best-ranked that many of it.
+    same = (r[:, :, None] == r[:, None, :]) & valid[:, :, None] & valid[:, None, :]
+    count = (same & mv[:, None, :]).sum(axis=2)
+    ahead = (same & (rank[:, None, :] < rank[:, :, None])).sum(axis=2)
+    chosen = valid & (ahead < count)
+    # Fill up to k in the filter's order (only when fewer than k rewards are known).
+    missing = k - chosen.sum(axis=1)
+    rest = np.where(chosen, np.iinfo(np.int64).max, rank)
+    fill = ranks(-rest.astype(np.float64)) < missing[:, None]
+    chosen = chosen | (fill & ~chosen)
+    return np.where(has_signal(r, valid)[:, None], chosen, top)
+
+
 def dense_rank(x: np.ndarray) -> np.ndarray:
     """Per-row dense rank, 1 = smallest; equal values share a rank. NaN must be removed first."""
     x = np.asarray(x, dtype=np.float64)
@@ -84,7 +156,13 @@ def average_rank(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def gfpo_advantages(rewards: np.ndarray, kept: np.ndarray, scale: str = "group", eps: float = 1e-4) -> np.ndarray:
+def gfpo_advantages(
+    rewards: np.ndarray,
+    kept: np.ndarray,
+    scale: str = "group",
+    eps: float = 1e-4,
+    baseline: np.ndarray | None = None,
+) -> np.ndarray:
     """GFPO advantages (paper, Eq. 1): standardise rewards over the kept set S of each group.
 
     ``A_i = (R_i - mean_S R) / (std_S R + eps)`` for i in S, 0 outside S. ``std`` is the
@@ -93,17 +171,21 @@ def gfpo_advantages(rewards: np.ndarray, kept: np.ndarray, scale: str = "group",
 
     ``scale``: ``"group"`` (paper), ``"batch"`` (one std over all kept rewards of the batch)
     or ``"none"`` (mean-centred only); the same choices as TRL's ``scale_rewards``.
+    ``baseline``: a mask of the rows mean and std are taken over instead of S (e.g. every row:
+    the whole group's baseline, applied to the kept rows only).
     """
     r = np.asarray(rewards, dtype=np.float64)
-    use = np.asarray(kept, dtype=bool) & np.isfinite(r)
-    count = use.sum(axis=1, keepdims=True)
-    r0 = np.where(use, r, 0.0)
-    mean = r0.sum(axis=1, keepdims=True) / np.maximum(count, 1)
+    valid = np.isfinite(r)
+    use = np.asarray(kept, dtype=bool) & valid
+    stats = use if baseline is None else np.asarray(baseline, dtype=bool) & valid
+    count = stats.sum(axis=1, keepdims=True)
+    mean = np.where(stats, r, 0.0).sum(axis=1, keepdims=True) / np.maximum(count, 1)
     centred = np.where(use, r - mean, 0.0)
     if scale == "group":
-        std = np.sqrt((centred**2).sum(axis=1, keepdims=True) / np.maximum(count, 1))
+        spread = np.where(stats, r - mean, 0.0)
+        std = np.sqrt((spread**2).sum(axis=1, keepdims=True) / np.maximum(count, 1))
     elif scale == "batch":
-        std = np.full_like(mean, r[use].std() if use.any() else 0.0)
+        std = np.full_like(mean, r[stats].std() if stats.any() else 0.0)
     elif scale == "none":
         return centred
     else:

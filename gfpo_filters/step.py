@@ -15,8 +15,10 @@ The step:
 3. checks the scores (shape, numbers) and, on many processes, lets the engine make them identical
    everywhere (``sync_scores``: e.g. broadcast process 0's),
 4. keeps the top k of each group (ties to the earlier completion; NaN scores and missing
-   rewards last), and
-5. standardises rewards over the kept set (population std, the paper's Eq. 1).
+   rewards last),
+5. optionally keeps the learning signal (``keep_signal``, see :data:`KEEP_SIGNAL`): a kept set
+   whose rewards are all equal, in a group whose rewards are not, gets no gradient, and
+6. standardises rewards over the kept set (population std, the paper's Eq. 1).
 
 Rewards are one float per completion, NaN where a completion could not be scored.
 """
@@ -34,13 +36,40 @@ import numpy as np
 from gfpo_filters.adaptive import BUCKETS, AdaptiveK
 from gfpo_filters.base import GroupFilter, check_scores
 from gfpo_filters.registry import load_filter
-from gfpo_filters.selection import gfpo_advantages, topk_mask
+from gfpo_filters.selection import balanced_mask, gfpo_advantages, has_signal, ranks, signal_swap
 
 #: Keyword arguments a filter may take besides ``group_completions`` and ``group_rewards``.
 FILTER_KWARGS = ("completion_ids", "completion_lengths", "prompts", "num_remains_in_group")
 
 #: A group filter: a registered filter object or any callable with the ``group_filter_func`` signature.
 FilterFn = Callable[..., Any]
+
+#: ``keep_signal`` modes: what the step does about kept sets without reward variance (docs/keep_signal.md).
+KEEP_SIGNAL = {
+    "off": "the paper: the filter's top k, advantages over them",
+    "swap": "swap the lowest-ranked kept completion for the filter's best of another reward level",
+    "swap_long": "as swap, choosing the longest of a lower level (the shortest of a higher one)",
+    "group_baseline": "the filter's top k, advantages with the whole group's mean and std",
+    "balanced": "PODS max-variance reward values, equal rewards in the filter's order",
+}
+#: What ``keep_signal=True`` means (chosen by benchmarks/keep_signal.py, docs/keep_signal.md).
+KEEP_SIGNAL_DEFAULT = "swap"
+
+
+def keep_signal_mode(keep_signal: bool | str | None) -> str:
+    """The mode name of a ``keep_signal`` setting: False/None -> "off", True -> the default mode.
+
+    The strings "false" and "true" (any case, as a command line passes them) mean False and True.
+    """
+    if isinstance(keep_signal, str) and keep_signal.lower() in ("true", "false"):
+        keep_signal = keep_signal.lower() == "true"
+    if keep_signal is None or keep_signal is False:
+        return "off"
+    if keep_signal is True:
+        return KEEP_SIGNAL_DEFAULT
+    if keep_signal not in KEEP_SIGNAL:
+        raise ValueError(f"keep_signal must be True, False or one of {sorted(KEEP_SIGNAL)}, got {keep_signal!r}")
+    return keep_signal
 
 
 def resolve_filter(group_filter: Any, params: dict[str, Any] | None = None) -> FilterFn | None:
@@ -136,6 +165,7 @@ def gfpo_step(
     global_step: int = 0,
     sync_scores: Callable[[np.ndarray], np.ndarray] | None = None,
     filter_kwargs: Sequence[str] | None = None,
+    keep_signal: bool | str = False,
 ) -> GFPOStepResult:
     """Score, select and compute GFPO advantages for a batch of ``n_groups`` groups of ``G``.
 
@@ -160,7 +190,11 @@ def gfpo_step(
     sync_scores:
         On many processes, a function that makes the scores identical everywhere (broadcast from
         process 0), so that every process keeps the same rows.
+    keep_signal:
+        False (the paper), True (the default mode, ``"swap"``) or a mode of :data:`KEEP_SIGNAL`.
+        Every mode is deterministic, so identical scores give identical rows on every process.
     """
+    mode = keep_signal_mode(keep_signal)
     rewards = np.asarray(rewards, dtype=np.float64)
     if rewards.ndim != 2:
         raise ValueError(f"rewards must have shape (n_groups, G), got {rewards.shape}")
@@ -193,9 +227,20 @@ def gfpo_step(
     if sync_scores is not None:
         scores = np.asarray(sync_scores(scores), dtype=np.float64)
 
-    kept = topk_mask(scores, k_groups, valid=np.isfinite(rewards))
-    advantages = gfpo_advantages(rewards, kept, scale=scale)
-    metrics = selection_metrics(rewards, lengths, kept, k_groups, buckets)
+    valid = np.isfinite(rewards)
+    rank = ranks(scores, valid)
+    top = rank < k_groups[:, None]
+    kept = top
+    if mode == "swap":
+        kept = signal_swap(rank, top, rewards)
+    elif mode == "swap_long":
+        level = np.where(top & valid, rewards, -np.inf).max(axis=1, keepdims=True)
+        kept = signal_swap(rank, top, rewards, prefer=np.where(rewards < level, -lengths, lengths))
+    elif mode == "balanced":
+        kept = balanced_mask(rank, rewards, k_groups)
+    baseline = valid if mode == "group_baseline" else None
+    advantages = gfpo_advantages(rewards, kept, scale=scale, baseline=baseline)
+    metrics = selection_metrics(rewards, lengths, kept, k_groups, buckets, top=top, advantages=advantages)
     metrics["gfpo/filter_seconds"] = filter_seconds
     return GFPOStepResult(scores, kept, advantages, k_groups, buckets, metrics)
 
@@ -218,23 +263,22 @@ def _lengths_of(completion_ids: list[list[Any]], shape: tuple[int, int]) -> np.n
     return np.fromiter((len(ids) for ids in flat), dtype=np.int64, count=len(flat)).reshape(shape)
 
 
-def has_signal(rewards: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Per group: do the known rewards on ``rows`` take at least two values (so some advantage is not 0)?"""
-    use = np.asarray(rows, dtype=bool) & np.isfinite(rewards)
-    hi = np.where(use, rewards, -np.inf).max(axis=1)
-    lo = np.where(use, rewards, np.inf).min(axis=1)
-    return hi > lo
-
-
 def selection_metrics(
     rewards: np.ndarray,
     lengths: np.ndarray,
     kept: np.ndarray,
     k: np.ndarray,
     buckets: np.ndarray | None = None,
+    top: np.ndarray | None = None,
+    advantages: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """The ``gfpo/*`` metrics of one batch: what was kept against what was sampled."""
+    """The ``gfpo/*`` metrics of one batch: what was kept against what was sampled.
+
+    ``top`` is the filter's own top k (before ``keep_signal``; default: ``kept``) and
+    ``advantages`` the step's advantages (default: not logged).
+    """
     valid = np.isfinite(rewards)
+    top = kept if top is None else top
     kept_valid = kept & valid
     nan = float("nan")
     metrics = {
@@ -246,8 +290,17 @@ def selection_metrics(
         "gfpo/kept_reward_mean": float(rewards[kept_valid].mean()) if kept_valid.any() else nan,
         # Kept rewards all equal (or none scorable): that group contributes no gradient.
         "gfpo/frac_kept_zero_std": float((~has_signal(rewards, kept)).mean()) if kept.size else nan,
+        # The same for the filter's top k before keep_signal, and for the whole group (GRPO's floor).
+        "gfpo/frac_kept_zero_std_before": float((~has_signal(rewards, top)).mean()) if kept.size else nan,
+        "gfpo/frac_group_zero_std": float((~has_signal(rewards, valid)).mean()) if kept.size else nan,
+        # Completions keep_signal put in the kept set in place of one of the filter's top k.
+        "gfpo/keep_signal_swaps": float((kept & ~top).sum()),
         "gfpo/missing_reward_frac": float((~valid).mean()) if valid.size else nan,
     }
+    if advantages is not None:
+        # Groups with no non-zero advantage (with keep_signal="group_baseline" the kept rewards may be equal).
+        zero = ~(np.asarray(advantages) != 0).any(axis=1)
+        metrics["gfpo/frac_zero_advantage"] = float(zero.mean()) if zero.size else nan
     if buckets is not None:
         for b, name in enumerate(BUCKETS):
             metrics[f"gfpo/bucket_{name}_frac"] = float((buckets == b).mean())

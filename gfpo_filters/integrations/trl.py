@@ -36,7 +36,7 @@ from accelerate.utils import broadcast, gather_object
 from trl import GRPOConfig, GRPOTrainer
 
 from gfpo_filters.adaptive import AdaptiveK
-from gfpo_filters.step import accepted_kwargs, gfpo_step, group_rows, resolve_filter
+from gfpo_filters.step import accepted_kwargs, gfpo_step, group_rows, keep_signal_mode, resolve_filter
 
 logger = logging.getLogger(__name__)
 
@@ -89,9 +89,17 @@ class GFPOConfig(GRPOConfig):
             "completions, as if they were the whole batch) or 'all' (tokens of all G completions, the paper's Eq. 2)."
         },
     )
+    keep_signal: str = field(
+        default="off",
+        metadata={
+            "help": "Keep reward variance in kept sets that lost it (docs/keep_signal.md): 'off' or False (the "
+            "paper), True (= 'swap') or a mode: 'swap', 'swap_long', 'group_baseline', 'balanced'."
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
+        self.keep_signal = keep_signal_mode(self.keep_signal)  # a mode name; an unknown one fails here
         g = self.num_generations
         k = self.num_remains_in_group
         if k is not None and (not isinstance(k, int) or not 2 <= k <= g - 1):
@@ -237,6 +245,7 @@ class GFPOTrainer(GRPOTrainer):
             global_step=self.state.global_step,
             sync_scores=self._broadcast_scores if acc.num_processes > 1 else None,
             filter_kwargs=self._filter_kwargs,
+            keep_signal=getattr(self.args, "keep_signal", "off"),
         )
         self._log_selection(result, n_total)
         # Keep only the selected rows, spread evenly over processes.

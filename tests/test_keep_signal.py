@@ -1,0 +1,227 @@
+"""keep_signal: kept sets that lost their reward variance get it back (hand-computed groups)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from gfpo_filters import load_filter
+from gfpo_filters.selection import balanced_mask, gfpo_advantages, ranks, signal_swap
+from gfpo_filters.step import KEEP_SIGNAL, gfpo_step, keep_signal_mode
+
+NAN = float("nan")
+MODES = sorted(KEEP_SIGNAL)
+
+
+def step(rewards, lengths, k, mode, filter_name="token_efficiency"):
+    rewards = np.asarray(rewards, dtype=np.float64)
+    completions = [["c"] * rewards.shape[1] for _ in range(rewards.shape[0])]
+    return gfpo_step(
+        load_filter(filter_name), completions=completions, rewards=rewards, lengths=np.asarray(lengths), k=k,
+        keep_signal=mode,
+    )  # fmt: skip
+
+
+def kept_rows(result) -> list[list[int]]:
+    return [np.flatnonzero(row).tolist() for row in result.kept]
+
+
+# Group 0: 4 correct, 2 wrong. token_efficiency ranks correct by 1/L (shortest first), then wrong longest first:
+#   order 5 (L=5), 0 (10), 1 (20), 2 (30), 3 (wrong, L=50), 4 (wrong, L=40).  Top 3 = {5, 0, 1}: all correct.
+REWARDS = [[1, 1, 1, 0, 0, 1], [1, 1, 1, 1, 1, 1], [0, 0, 0, 1, NAN, 0]]
+LENGTHS = [[10, 20, 30, 50, 40, 5], [1, 2, 3, 4, 5, 6], [5, 6, 7, 30, 1, 40]]
+
+
+def test_all_correct_top_k_gets_the_best_ranked_wrong_answer_back():
+    off = step(REWARDS, LENGTHS, 3, "off")
+    assert kept_rows(off)[0] == [0, 1, 5] and not off.advantages[0].any()
+    swap = step(REWARDS, LENGTHS, 3, "swap")
+    # The lowest-ranked kept (1, L=20) leaves; the best-ranked wrong answer (3: the longest) comes in.
+    assert kept_rows(swap)[0] == [0, 3, 5]
+    # Population std over {1, 0, 1}: mean 2/3, std sqrt(2)/3.
+    std = math.sqrt(2) / 3
+    a = [(1 - 2 / 3) / (std + 1e-4), 0, 0, (0 - 2 / 3) / (std + 1e-4), 0, (1 - 2 / 3) / (std + 1e-4)]
+    np.testing.assert_allclose(swap.advantages[0], a)
+
+
+def test_swap_follows_the_filter_order_and_swap_long_the_length():
+    # With `length`, the filter's best wrong answer is the shortest one (4, L=40); swap_long takes the longest (3).
+    assert kept_rows(step(REWARDS, LENGTHS, 3, "swap", "length"))[0] == [0, 4, 5]
+    assert kept_rows(step(REWARDS, LENGTHS, 3, "swap_long", "length"))[0] == [0, 3, 5]
+    # All-wrong kept set (group 2 under `length`: 0, 1, 2): a *higher* reward comes in, the shortest of them.
+    rewards = [[0, 0, 0, 1, 1, 0]]
+    lengths = [[5, 6, 7, 30, 20, 40]]
+    assert kept_rows(step(rewards, lengths, 3, "swap", "length")) == [[0, 1, 4]]
+    assert kept_rows(step(rewards, lengths, 3, "swap_long", "length")) == [[0, 1, 4]]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_groups_whose_rewards_are_all_equal_are_left_alone(mode):
+    off, on = step(REWARDS, LENGTHS, 3, "off"), step(REWARDS, LENGTHS, 3, mode)
+    assert kept_rows(on)[1] == kept_rows(off)[1] == [0, 1, 2]
+    assert not on.advantages[1].any()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_missing_rewards_are_never_swapped_in_and_k_stays(mode):
+    # Group 2 under `length`: the NaN completion (4) is the shortest, but a missing reward ranks last.
+    result = step(REWARDS, LENGTHS, 3, mode, "length")
+    assert (result.kept.sum(axis=1) == 3).all()
+    assert not result.kept[2, 4]
+    # The only other reward level is missing: nothing to swap in, the kept set stays the filter's.
+    rewards = [[1, 1, 1, NAN, NAN, 1]]
+    result = step(rewards, [[1, 2, 3, 4, 5, 6]], 2, mode, "length")
+    assert kept_rows(result) == [[0, 1]] and result.metrics["gfpo/keep_signal_swaps"] == 0
+    # Fewer known rewards than k: every known one is kept, the rest filled in the filter's order.
+    rewards = [[NAN, 1, NAN, NAN, 0, NAN]]
+    result = step(rewards, [[1, 2, 3, 4, 5, 6]], 3, mode, "length")
+    assert kept_rows(result) == [[0, 1, 4]]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_kept_count_stays_k_on_random_batches(mode, k):
+    rng = np.random.default_rng(k)
+    rewards = rng.integers(0, 2, (50, 6)).astype(float)
+    rewards[rng.random(rewards.shape) < 0.1] = NAN
+    result = step(rewards, rng.integers(1, 100, (50, 6)), k, mode)
+    assert (result.kept.sum(axis=1) == k).all()
+    # Every group whose known rewards differ keeps a signal (some advantage is not 0).
+    group_signal = np.nanmax(rewards, axis=1) > np.nanmin(rewards, axis=1)
+    no_signal = ~(result.advantages != 0).any(axis=1)
+    if mode != "off":
+        assert not (group_signal & no_signal).any()
+    assert result.metrics["gfpo/frac_zero_advantage"] == pytest.approx(no_signal.mean())
+
+
+def test_selection_is_identical_on_every_call_whatever_the_global_random_state():
+    rng = np.random.default_rng(0)
+    rewards = rng.integers(0, 2, (40, 8)).astype(float)
+    lengths = rng.integers(1, 50, (40, 8))
+    for mode in MODES:
+        np.random.seed(1)
+        first = step(rewards, lengths, 3, mode)
+        np.random.seed(2)
+        second = step(rewards.copy(), lengths.copy(), 3, mode)
+        np.testing.assert_array_equal(first.kept, second.kept)
+        np.testing.assert_array_equal(first.advantages, second.advantages)
+
+
+def test_group_baseline_uses_the_whole_groups_mean_and_std_on_the_kept_rows():
+    result = step(REWARDS, LENGTHS, 3, "group_baseline")
+    assert kept_rows(result) == kept_rows(step(REWARDS, LENGTHS, 3, "off"))
+    # Group 0: mean 4/6, population std sqrt(2)/3 over all six; kept {0, 1, 5} all correct.
+    up = (1 - 2 / 3) / (math.sqrt(2) / 3 + 1e-4)
+    np.testing.assert_allclose(result.advantages[0], [up, up, 0, 0, 0, up])
+    # Group 2: the NaN takes no part: mean 1/5, std 0.4 over five; token_efficiency keeps 3 (correct), 5, 2.
+    assert kept_rows(result)[2] == [2, 3, 5]
+    np.testing.assert_allclose(result.advantages[2], [0, 0, -0.2 / 0.4001, 0.8 / 0.4001, 0, -0.2 / 0.4001])
+
+
+def test_balanced_keeps_half_of_each_level_in_the_filters_order():
+    rewards = np.array([[1, 1, 1, 1, 0, 0, 0, 1.0]])
+    lengths = np.array([[10, 20, 30, 40, 15, 25, 35, 5]])
+    result = step(rewards, lengths, 4, "balanced")
+    # Max variance of 4 from {1 x5, 0 x3}: two of each. Correct, shortest first: 7, 0. Wrong, longest first: 6, 5.
+    assert kept_rows(result) == [[0, 5, 6, 7]]
+    assert result.metrics["gfpo/keep_signal_swaps"] == 2  # top 4 was 7, 0, 1, 2
+
+
+def test_selection_functions_directly():
+    rank = np.array([[0, 1, 2, 3]])
+    top = rank < 2
+    assert signal_swap(rank, top, np.array([[1.0, 1.0, 1.0, 0.0]])).tolist() == [[True, False, False, True]]
+    # Already has a signal: unchanged.
+    assert signal_swap(rank, top, np.array([[1.0, 0.0, 1.0, 0.0]])).tolist() == top.tolist()
+    assert balanced_mask(ranks(np.array([[4.0, 3, 2, 1]])), np.array([[2.0, 2, 1, 0]]), 2).tolist() == [
+        [True, False, False, True]
+    ]
+    r = np.array([[1.0, 1.0, 0.0, 0.0]])
+    np.testing.assert_allclose(
+        gfpo_advantages(r, top, baseline=np.ones_like(top)), [[0.5 / 0.5001, 0.5 / 0.5001, 0, 0]]
+    )
+
+
+def test_metrics_before_and_after_by_hand():
+    m = step(REWARDS, LENGTHS, 3, "swap").metrics
+    # Before: groups 0 (all correct) and 1 (all equal) have no signal; group 2's top 3 is 3 (correct), 5, 2.
+    assert m["gfpo/frac_kept_zero_std_before"] == pytest.approx(2 / 3)
+    assert m["gfpo/frac_kept_zero_std"] == pytest.approx(1 / 3)
+    assert m["gfpo/frac_group_zero_std"] == pytest.approx(1 / 3)
+    assert m["gfpo/keep_signal_swaps"] == 1
+
+
+def test_keep_signal_values():
+    assert keep_signal_mode(False) == keep_signal_mode(None) == keep_signal_mode("false") == "off"
+    assert keep_signal_mode(True) == keep_signal_mode("True") == "swap"
+    with pytest.raises(ValueError, match=r"keep_signal must be True, False or one of .*'swap_long'.*got 'yes'"):
+        keep_signal_mode("yes")
+
+
+# ---------------------------------------------------------------------- through TRL's trainer
+def most_common_reward_first(group_completions, group_rewards):
+    """Scores that put completions with the group's most frequent reward first (then by position)."""
+    return [[float(sum(x == r for x in row)) for r in row] for row in group_rewards]
+
+
+def by_hand(rewards: list[float], scores: list[float], k: int) -> tuple[list[int], list[float]]:
+    """The filter's top k; if its rewards are all equal and the group's are not, swap its last for the
+    best-ranked completion of another reward; then population-std advantages over the kept set."""
+    order = sorted(range(len(scores)), key=lambda j: (-scores[j], j))
+    kept = order[:k]
+    if len({rewards[j] for j in kept}) == 1 and len(set(rewards)) > 1:
+        kept = kept[:-1] + [next(j for j in order if rewards[j] != rewards[kept[0]])]
+    mean = sum(rewards[j] for j in kept) / k
+    std = math.sqrt(sum((rewards[j] - mean) ** 2 for j in kept) / k)
+    return sorted(kept), [(rewards[j] - mean) / (std + 1e-4) if j in kept else 0.0 for j in range(len(rewards))]
+
+
+@pytest.mark.trainer
+def test_keep_signal_reaches_the_trainers_advantages(tmp_path):
+    pytest.importorskip("trl")
+    from gfpo_filters.trainer import GFPOTrainer
+    from tests.trainer_utils import Recorder, capture_batches, decode_rows, tiny_args, tiny_parts
+
+    recorder = Recorder()
+    seen = []
+
+    def spy(group_completions, group_rewards):
+        seen.append((group_completions, group_rewards))
+        return most_common_reward_first(group_completions, group_rewards)
+
+    parts = tiny_parts()
+    args = tiny_args(str(tmp_path), num_remains_in_group=2, max_steps=2, keep_signal=True)
+    assert args.keep_signal == "swap"
+    trainer = GFPOTrainer(
+        model=parts["model"],
+        reward_funcs=[recorder],
+        args=args,
+        train_dataset=parts["train_dataset"],
+        processing_class=parts["processing_class"],
+        group_filter_func=spy,
+    )
+    batches = capture_batches(trainer)
+    trainer.train()
+    swaps = 0
+    for (groups, rewards), batch in zip(seen, batches):
+        expected = []
+        for group, r in zip(groups, rewards):
+            kept, adv = by_hand(r, most_common_reward_first([group], [r])[0], 2)
+            expected += [(group[j], round(adv[j], 5)) for j in kept]
+            top = sorted(range(4), key=lambda j: (-most_common_reward_first([group], [r])[0][j], j))[:2]
+            swaps += sorted(top) != kept
+        got = zip(decode_rows(batch, trainer.processing_class), np.round(batch["advantages"].tolist(), 5).tolist())
+        assert sorted(got) == sorted(expected)
+    assert swaps > 0, "the data should contain kept sets that needed a swap"
+    logged = [h["gfpo/keep_signal_swaps"] for h in trainer.state.log_history if "gfpo/keep_signal_swaps" in h]
+    assert sum(logged) == swaps
+
+
+def test_config_rejects_an_unknown_mode(tmp_path):
+    pytest.importorskip("trl")
+    from tests.trainer_utils import tiny_args
+
+    with pytest.raises(ValueError, match="keep_signal must be True, False or one of"):
+        tiny_args(str(tmp_path), keep_signal="sometimes")
