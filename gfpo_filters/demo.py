@@ -1,8 +1,9 @@
 """``gfpo-filters demo``: GRPO vs GFPO on a toy task where GRPO inflates length (CPU, no downloads).
 
-Three runs from the same seed and the same tiny policy (see :mod:`gfpo_filters.toy`): GRPO on all
+Four runs from the same seed and the same tiny policy (see :mod:`gfpo_filters.toy`): GRPO on all
 16 completions per prompt, GFPO keeping the 8 of 16 with the best ``token_efficiency`` (the
-paper's token-efficiency setting) and GFPO keeping the 4 shortest of 16 (``length``). The reward
+paper's token-efficiency setting), the same with ``keep_signal=True`` (docs/keep_signal.md), and
+GFPO keeping the 4 shortest of 16 (``length``). The reward
 is 1 when the completion contains an ``x``, so longer random completions earn more. The command
 prints mean completion length and reward over training, and writes ``history.json`` and
 ``demo.png`` (with the ``plot`` extra) to ``--out``.
@@ -18,11 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-#: (label, filter name, k); None = GRPO.
-VARIANTS: list[tuple[str, str | None, int | None]] = [
-    ("GRPO", None, None),
-    ("GFPO token_efficiency 8/16", "token_efficiency", 8),
-    ("GFPO length 4/16", "length", 4),
+#: (label, filter name, k, keep_signal); None = GRPO.
+VARIANTS: list[tuple[str, str | None, int | None, bool]] = [
+    ("GRPO", None, None, False),
+    ("GFPO token_efficiency 8/16", "token_efficiency", 8, False),
+    ("GFPO token_efficiency 8/16 + keep_signal", "token_efficiency", 8, True),
+    ("GFPO length 4/16", "length", 4, False),
 ]
 
 
@@ -32,7 +34,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument(
-        "--jobs", type=int, default=min(3, os.cpu_count() or 1), help="runs in parallel (1 thread each)"
+        "--jobs", type=int, default=min(len(VARIANTS), os.cpu_count() or 1), help="runs in parallel (1 thread each)"
     )
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
 
@@ -123,14 +125,15 @@ def train_variant(
 def format_table(results: list[dict[str, Any]]) -> str:
     steps = [h["step"] for h in results[0]["history"]]
     shown = sorted({steps[0], *steps[len(steps) // 4 :: max(1, len(steps) // 4)], steps[-1]})
-    header = f"{'step':>5} | " + " | ".join(f"{r['label']:^28}" for r in results)
-    sub = f"{'':>5} | " + " | ".join(f"{'length':>13} {'reward':>14}" for _ in results)
+    widths = [max(28, len(r["label"])) for r in results]
+    header = f"{'step':>5} | " + " | ".join(f"{r['label']:^{w}}" for r, w in zip(results, widths))
+    sub = f"{'':>5} | " + " | ".join(f"{'length':>{w // 2 - 1}} {'reward':>{w - w // 2}}" for w in widths)
     lines = [header, sub, "-" * len(header)]
     for step in shown:
         cells = []
-        for r in results:
+        for r, w in zip(results, widths):
             h = next(x for x in r["history"] if x["step"] == step)
-            cells.append(f"{h['length']:>13.1f} {h['reward']:>14.2f}")
+            cells.append(f"{h['length']:>{w // 2 - 1}.1f} {h['reward']:>{w - w // 2}.2f}")
         lines.append(f"{step:>5} | " + " | ".join(cells))
     return "\n".join(lines)
 
@@ -176,8 +179,8 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
         futures = [
-            pool.submit(train_variant, label, name, k, args.steps, args.seed, args.learning_rate, str(out))
-            for label, name, k in VARIANTS
+            pool.submit(train_variant, label, name, k, args.steps, args.seed, args.learning_rate, str(out), signal)
+            for label, name, k, signal in VARIANTS
         ]
         results = []
         for future in futures:
@@ -189,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
     for r in results:
         first, last = r["history"][0], r["history"][-1]
         print(
-            f"{r['label']:<28} length {first['length']:5.1f} -> {last['length']:5.1f}   "
+            f"{r['label']:<40} length {first['length']:5.1f} -> {last['length']:5.1f}   "
             f"reward {first['reward']:.2f} -> {last['reward']:.2f}"
         )
     (out / "history.json").write_text(json.dumps(results, indent=1))

@@ -227,22 +227,44 @@ def gfpo_step(
     if sync_scores is not None:
         scores = np.asarray(sync_scores(scores), dtype=np.float64)
 
-    valid = np.isfinite(rewards)
-    rank = ranks(scores, valid)
-    top = rank < k_groups[:, None]
-    kept = top
-    if mode == "swap":
-        kept = signal_swap(rank, top, rewards)
-    elif mode == "swap_long":
-        level = np.where(top & valid, rewards, -np.inf).max(axis=1, keepdims=True)
-        kept = signal_swap(rank, top, rewards, prefer=np.where(rewards < level, -lengths, lengths))
-    elif mode == "balanced":
-        kept = balanced_mask(rank, rewards, k_groups)
-    baseline = valid if mode == "group_baseline" else None
-    advantages = gfpo_advantages(rewards, kept, scale=scale, baseline=baseline)
+    top, kept, advantages = select(scores, rewards, k_groups, lengths=lengths, keep_signal=mode, scale=scale)
     metrics = selection_metrics(rewards, lengths, kept, k_groups, buckets, top=top, advantages=advantages)
     metrics["gfpo/filter_seconds"] = filter_seconds
     return GFPOStepResult(scores, kept, advantages, k_groups, buckets, metrics)
+
+
+def select(
+    scores: np.ndarray,
+    rewards: np.ndarray,
+    k: Any,
+    *,
+    lengths: np.ndarray | None = None,
+    keep_signal: bool | str = False,
+    scale: str = "group",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Steps 4 to 6 of :func:`gfpo_step` on checked scores: ``(top, kept, advantages)``, each ``(n_groups, G)``.
+
+    ``top`` is the filter's top k (missing rewards last), ``kept`` the set after ``keep_signal``
+    (see :data:`KEEP_SIGNAL`; ``"swap_long"`` reads ``lengths``, without them it is ``"swap"``) and
+    ``advantages`` the GFPO advantages of ``kept``. The benchmark calls this too.
+    """
+    mode = keep_signal_mode(keep_signal)
+    rewards = np.asarray(rewards, dtype=np.float64)
+    valid = np.isfinite(rewards)
+    rank = ranks(scores, valid)
+    k = np.asarray(k, dtype=np.int64)
+    top = rank < (np.full(rewards.shape[0], int(k)) if k.ndim == 0 else k)[:, None]
+    kept = top
+    if mode == "swap" or (mode == "swap_long" and lengths is None):
+        kept = signal_swap(rank, top, rewards)
+    elif mode == "swap_long":
+        lengths = np.asarray(lengths, dtype=np.float64)
+        level = np.where(top & valid, rewards, -np.inf).max(axis=1, keepdims=True)
+        kept = signal_swap(rank, top, rewards, prefer=np.where(rewards < level, -lengths, lengths))
+    elif mode == "balanced":
+        kept = balanced_mask(rank, rewards, k)
+    baseline = valid if mode == "group_baseline" else None
+    return top, kept, gfpo_advantages(rewards, kept, scale=scale, baseline=baseline)
 
 
 def _k_per_group(k: Any, n_groups: int, g: int) -> np.ndarray:
