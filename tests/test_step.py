@@ -102,11 +102,12 @@ def test_bad_batches_are_named(kwargs, match):
 
 
 def test_a_filter_returning_the_wrong_shape_is_named():
-    with pytest.raises(FilterOutputError, match=r"filter '[^']*<locals>.bad' returned scores of shape \(1, 2\); expected"):
+    def bad(group_completions, group_rewards):
+        return [[0.0, 1.0]]
 
-        def bad(group_completions, group_rewards):
-            return [[0.0, 1.0]]
-
+    with pytest.raises(
+        FilterOutputError, match=r"filter '\S*<locals>.bad' returned scores of shape \(1, 2\); expected"
+    ):
         gfpo_step(bad, completions=[["a", "b", "c"]], rewards=np.zeros((1, 3)), k=2)
 
 
