@@ -45,6 +45,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         '  gfpo-filters bench -f weighted --params \'{"weighted": {"filters": ["length", "reward"]}}\'\n'
         "\nSee docs/benchmark.md for the definition of every column."
     )
+    _add_measure_options(parser)
+    _add_output_options(parser)
+    _add_synthetic_options(parser)
+
+
+def _add_measure_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data",
         action="append",
@@ -107,6 +113,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_BATCH_GROUPS,
         help=f"groups per filter call (default {DEFAULT_BATCH_GROUPS})",
     )
+
+
+def _add_output_options(parser: argparse.ArgumentParser) -> None:
     out = parser.add_argument_group("output")
     out.add_argument(
         "--json", action="store_true", help="print a JSON list, one record per (data, filter, k), instead of the table"
@@ -122,11 +131,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="progress bar on stderr (default: when stderr is a terminal)",
     )
+
+
+def _add_synthetic_options(parser: argparse.ArgumentParser) -> None:
+    # No argparse defaults: an option given with --data is an error (see load_datasets).
     syn = parser.add_argument_group("synthetic groups (used without --data)")
-    syn.add_argument("--groups", type=int, help="number of prompts (default 512)")
-    syn.add_argument("--group-size", type=int, help="completions per prompt, G (default 16)")
-    syn.add_argument("--mean-length", type=float, help="mean completion length in characters (default 800)")
-    syn.add_argument("--length-sigma", type=float, help="spread of log length, a lognormal sigma (default 0.5)")
+    d = SYNTHETIC_DEFAULTS
+    syn.add_argument("--groups", type=int, help=f"number of prompts (default {d['groups']})")
+    syn.add_argument("--group-size", type=int, help=f"completions per prompt, G (default {d['group_size']})")
+    syn.add_argument(
+        "--mean-length", type=float, help=f"mean completion length in characters (default {d['mean_length']:g})"
+    )
+    syn.add_argument(
+        "--length-sigma", type=float, help=f"spread of log length, a lognormal sigma (default {d['length_sigma']:g})"
+    )
     syn.add_argument(
         "--reward-model",
         choices=("binary", "continuous"),
@@ -135,10 +153,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     syn.add_argument(
         "--length-effect",
         type=float,
-        help="logit change of P(correct) per std of log length (default -0.5: longer is less often right)",
+        help=f"logit change of P(correct) per std of log length (default {d['length_effect']:g}: "
+        "longer is less often right)",
     )
-    syn.add_argument("--missing-rate", type=float, help="fraction of rewards set missing (default 0)")
-    syn.add_argument("--seed", type=int, help="random seed of the generator (default 0)")
+    syn.add_argument(
+        "--missing-rate", type=float, help=f"fraction of rewards set missing (default {d['missing_rate']:g})"
+    )
+    syn.add_argument("--seed", type=int, help=f"random seed of the generator (default {d['seed']})")
 
 
 def run(args: argparse.Namespace) -> int:
