@@ -17,6 +17,7 @@ import numpy as np
 from gfpo_filters.base import GroupFilter
 from gfpo_filters.groups import Groups
 from gfpo_filters.hookspecs import hookimpl
+from gfpo_filters.params import check_choice
 from gfpo_filters.selection import average_rank, dense_rank
 
 NORMALIZATIONS = ("rank", "zscore", "minmax")
@@ -95,8 +96,7 @@ class WeightedFilter(_Combination):
             raise self.param_error(
                 "weights", f"need one finite weight per filter ({len(self.components)}), got {weights!r}"
             )
-        if normalize not in NORMALIZATIONS:
-            raise self.param_error("normalize", f"must be one of {NORMALIZATIONS}, got {normalize!r}")
+        check_choice(self, "normalize", normalize, NORMALIZATIONS)
         self.weights, self.normalize = weights, normalize
 
     def score(self, groups: Groups) -> np.ndarray:

@@ -13,6 +13,7 @@ import numpy as np
 from gfpo_filters.base import GroupFilter
 from gfpo_filters.groups import Groups
 from gfpo_filters.hookspecs import hookimpl
+from gfpo_filters.params import check_int
 
 
 def max_variance_mask(rewards: np.ndarray, valid: np.ndarray, k: np.ndarray) -> np.ndarray:
@@ -67,9 +68,7 @@ class MaxVarianceFilter(GroupFilter):
     description = "Keep the k completions whose rewards have maximal variance (PODS down-sampling)."
 
     def __init__(self, k: int | None = None) -> None:
-        if k is not None and (not isinstance(k, (int, np.integer)) or k < 1):
-            raise self.param_error("k", f"must be a positive int or None, got {k!r}")
-        self.k = k
+        self.k = check_int(self, "k", k, low=1, optional=True)
 
     def score(self, groups: Groups) -> np.ndarray:
         if groups.k is not None:

@@ -7,6 +7,7 @@ import numpy as np
 from gfpo_filters.base import GroupFilter
 from gfpo_filters.groups import Groups
 from gfpo_filters.hookspecs import hookimpl
+from gfpo_filters.params import check_int, check_number
 
 
 class RewardFilter(GroupFilter):
@@ -20,9 +21,7 @@ class RewardFilter(GroupFilter):
     description = "Keep the highest rewards (best-of-n); optional threshold makes it a 0/1 correctness key."
 
     def __init__(self, threshold: float | None = None) -> None:
-        if threshold is not None and not np.isfinite(threshold):
-            raise self.param_error("threshold", f"must be a finite number or None, got {threshold!r}")
-        self.threshold = threshold
+        self.threshold = check_number(self, "threshold", threshold, optional=True)
 
     def score(self, groups: Groups) -> np.ndarray:
         if self.threshold is None:
@@ -43,9 +42,7 @@ class RandomFilter(GroupFilter):
     deterministic = False
 
     def __init__(self, seed: int = 0) -> None:
-        if not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise self.param_error("seed", f"must be a non-negative int, got {seed!r}")
-        self.seed = int(seed)
+        self.seed = check_int(self, "seed", seed, low=0)
         self._rng = np.random.default_rng(self.seed)
 
     def score(self, groups: Groups) -> np.ndarray:
