@@ -84,7 +84,7 @@ def main() -> int:
         length = sum(final(r["history"], "length") for r in rs) / len(rs)
         reward = sum(final(r["history"], "reward") for r in rs) / len(rs)
         label = "GRPO" if name is None else f"GFPO `keep_signal={mode}`"
-        zero = sum(final(r["history"], "zero_advantage") for r in rs) / len(rs) if name else float("nan")
+        zero = sum(final(r["history"], "no_signal") for r in rs) / len(rs) if name else float("nan")
         swaps = sum(final(r["history"], "swaps") for r in rs) / len(rs) if name else float("nan")
         cells = [f"{length:.1f}", f"{reward:.3f}", f"{length / grpo_len:.2f}", f"{reward / grpo_rew:.2f}"]
         cells += ["" if name is None else f"{zero:.2f}", "" if name is None else f"{swaps:.2f}"]

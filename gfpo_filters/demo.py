@@ -106,7 +106,7 @@ def train_variant(
             "kept_length": h.get("gfpo/kept_length_mean"),
             "kept_zero_std": h.get("gfpo/frac_kept_zero_std"),
             "kept_zero_std_before": h.get("gfpo/frac_kept_zero_std_before"),
-            "zero_advantage": h.get("gfpo/frac_zero_advantage"),
+            "no_signal": h.get("gfpo/frac_no_signal"),
             "swaps": h.get("gfpo/keep_signal_swaps"),
         }
         for h in trainer.state.log_history

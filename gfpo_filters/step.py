@@ -227,10 +227,21 @@ def gfpo_step(
     if sync_scores is not None:
         scores = np.asarray(sync_scores(scores), dtype=np.float64)
 
-    top, kept, advantages = select(scores, rewards, k_groups, lengths=lengths, keep_signal=mode, scale=scale)
-    metrics = selection_metrics(rewards, lengths, kept, k_groups, buckets, top=top, advantages=advantages)
+    sel = select(scores, rewards, k_groups, lengths=lengths, keep_signal=mode, scale=scale)
+    kept, advantages = sel.kept, sel.advantages
+    metrics = selection_metrics(rewards, lengths, kept, k_groups, buckets, top=sel.top, signal=sel.signal)
     metrics["gfpo/filter_seconds"] = filter_seconds
     return GFPOStepResult(scores, kept, advantages, k_groups, buckets, metrics)
+
+
+@dataclass
+class Selection:
+    """What :func:`select` decided; arrays ``(n_groups, G)`` unless noted."""
+
+    top: np.ndarray  # the filter's top k (missing rewards last), before keep_signal
+    kept: np.ndarray  # the kept set after keep_signal
+    advantages: np.ndarray  # GFPO advantages of the kept set
+    signal: np.ndarray  # (n_groups,): the rewards the advantages standardise take two values
 
 
 def select(
@@ -241,12 +252,10 @@ def select(
     lengths: np.ndarray | None = None,
     keep_signal: bool | str = False,
     scale: str = "group",
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Steps 4 to 6 of :func:`gfpo_step` on checked scores: ``(top, kept, advantages)``, each ``(n_groups, G)``.
+) -> Selection:
+    """Steps 4 to 6 of :func:`gfpo_step` on checked scores (the benchmark calls this too).
 
-    ``top`` is the filter's top k (missing rewards last), ``kept`` the set after ``keep_signal``
-    (see :data:`KEEP_SIGNAL`; ``"swap_long"`` reads ``lengths``, without them it is ``"swap"``) and
-    ``advantages`` the GFPO advantages of ``kept``. The benchmark calls this too.
+    ``"swap_long"`` reads ``lengths``; without them it is ``"swap"``.
     """
     mode = keep_signal_mode(keep_signal)
     rewards = np.asarray(rewards, dtype=np.float64)
@@ -263,8 +272,10 @@ def select(
         kept = signal_swap(rank, top, rewards, prefer=np.where(rewards < level, -lengths, lengths))
     elif mode == "balanced":
         kept = balanced_mask(rank, rewards, k)
-    baseline = valid if mode == "group_baseline" else None
-    return top, kept, gfpo_advantages(rewards, kept, scale=scale, baseline=baseline)
+    baseline = valid if mode == "group_baseline" else kept
+    advantages = gfpo_advantages(rewards, kept, scale=scale, baseline=baseline)
+    signal = has_signal(rewards, baseline) & (kept & valid).any(axis=1)
+    return Selection(top, kept, advantages, signal)
 
 
 def _k_per_group(k: Any, n_groups: int, g: int) -> np.ndarray:
@@ -292,12 +303,12 @@ def selection_metrics(
     k: np.ndarray,
     buckets: np.ndarray | None = None,
     top: np.ndarray | None = None,
-    advantages: np.ndarray | None = None,
+    signal: np.ndarray | None = None,
 ) -> dict[str, float]:
     """The ``gfpo/*`` metrics of one batch: what was kept against what was sampled.
 
-    ``top`` is the filter's own top k (before ``keep_signal``; default: ``kept``) and
-    ``advantages`` the step's advantages (default: not logged).
+    ``top`` is the filter's own top k (before ``keep_signal``; default: ``kept``) and ``signal``
+    :attr:`Selection.signal` (default: not logged).
     """
     valid = np.isfinite(rewards)
     top = kept if top is None else top
@@ -319,10 +330,10 @@ def selection_metrics(
         "gfpo/keep_signal_swaps": float((kept & ~top).sum()),
         "gfpo/missing_reward_frac": float((~valid).mean()) if valid.size else nan,
     }
-    if advantages is not None:
-        # Groups with no non-zero advantage (with keep_signal="group_baseline" the kept rewards may be equal).
-        zero = ~(np.asarray(advantages) != 0).any(axis=1)
-        metrics["gfpo/frac_zero_advantage"] = float(zero.mean()) if zero.size else nan
+    if signal is not None:
+        # Groups that train on nothing: the kept set has no known reward, or the rewards its advantages are
+        # standardised over are all equal (with keep_signal="group_baseline" those are the whole group's).
+        metrics["gfpo/frac_no_signal"] = float((~np.asarray(signal)).mean()) if signal.size else nan
     if buckets is not None:
         for b, name in enumerate(BUCKETS):
             metrics[f"gfpo/bucket_{name}_frac"] = float((buckets == b).mean())

@@ -93,7 +93,7 @@ def test_kept_count_stays_k_on_random_batches(mode, k):
     no_signal = ~(result.advantages != 0).any(axis=1)
     if mode != "off":
         assert not (group_signal & no_signal).any()
-    assert result.metrics["gfpo/frac_zero_advantage"] == pytest.approx(no_signal.mean())
+    assert result.metrics["gfpo/frac_no_signal"] == pytest.approx(no_signal.mean())
 
 
 def test_selection_is_identical_on_every_call_whatever_the_global_random_state():
@@ -151,6 +151,12 @@ def test_metrics_before_and_after_by_hand():
     assert m["gfpo/frac_kept_zero_std"] == pytest.approx(1 / 3)
     assert m["gfpo/frac_group_zero_std"] == pytest.approx(1 / 3)
     assert m["gfpo/keep_signal_swaps"] == 1
+
+
+def test_group_baseline_counts_signal_from_the_whole_group():
+    m = step(REWARDS, LENGTHS, 3, "group_baseline").metrics
+    assert m["gfpo/frac_kept_zero_std"] == pytest.approx(2 / 3)  # the kept rewards of groups 0 and 1 are equal
+    assert m["gfpo/frac_no_signal"] == pytest.approx(1 / 3)  # but only group 1 trains on nothing
 
 
 def test_keep_signal_values():
@@ -225,3 +231,39 @@ def test_config_rejects_an_unknown_mode(tmp_path):
 
     with pytest.raises(ValueError, match="keep_signal must be True, False or one of"):
         tiny_args(str(tmp_path), keep_signal="sometimes")
+
+
+# ---------------------------------------------------------------------- gfpo-filters bench --keep-signal
+def test_bench_keep_signal_by_hand(tmp_path, capsys):
+    import json
+
+    from gfpo_filters.cli import main
+
+    groups = [([1, 2, 3, 4], [1.0, 0.0, 1.0, 0.0]), ([10, 20, 30, 40], [0.0, 0.0, 1.0, 1.0])]
+    path = tmp_path / "tiny.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"prompt": "p", "completions": [{"text": "x" * n, "reward": r} for n, r in zip(ls, rs)]}) + "\n"
+            for ls, rs in groups
+        )
+    )
+    args = ["bench", "--repeat", "1", "--json", "--no-progress", "--data", str(path), "-f", "length", "-k", "2"]
+    assert main([*args, "--keep-signal", "off,swap,group_baseline"]) == 0
+    recs = {r["keep_signal"]: r for r in json.loads(capsys.readouterr().out)}
+    a = 0.5 / (0.5 + 1e-4)
+    # off: group 2 keeps lengths 10, 20 (both wrong): no signal there.
+    assert recs["off"]["filter"] == "length" and recs["off"]["signal_fraction"] == 0.5
+    # swap: group 2's 20 leaves, the filter's best correct answer (30) comes in.
+    swap = recs["swap"]
+    assert swap["filter"] == "length +swap" and swap["signal_fraction"] == 1.0
+    assert swap["kept_length_mean"] == pytest.approx((1 + 2 + 10 + 30) / 4)
+    assert swap["length_pressure_gfpo"] == pytest.approx(a * (1 - 2 - 10 + 30) / 4)
+    # group_baseline: group 2 keeps 10, 20, each -a against the group's mean 0.5 and std 0.5.
+    base = recs["group_baseline"]
+    assert base["signal_fraction"] == 1.0 and base["kept_length_mean"] == pytest.approx(33 / 4)
+    assert base["length_pressure_gfpo"] == pytest.approx(a * (1 - 2 - 10 - 20) / 4 - (-2 * a / 4) * (33 / 4))
+    # Alone, the flag means the default mode; an unknown mode is a usage error.
+    assert main([*args, "--keep-signal"]) == 0
+    assert [r["keep_signal"] for r in json.loads(capsys.readouterr().out)] == ["swap"]
+    assert main([*args, "--keep-signal", "sometimes"]) == 2
+    assert "--keep-signal: keep_signal must be True, False or one of" in capsys.readouterr().err

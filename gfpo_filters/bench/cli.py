@@ -89,6 +89,14 @@ def _add_measure_options(parser: argparse.ArgumentParser) -> None:
         help="completions kept per group: -k 2 -k 4 or -k 2,4 (default: a quarter of the largest group size)",
     )
     parser.add_argument(
+        "--keep-signal",
+        nargs="?",
+        const="true",
+        metavar="MODES",
+        help="select as the trainer's keep_signal does (docs/keep_signal.md): alone, the default mode (swap); "
+        "or comma-separated modes, e.g. off,swap,balanced, one record each",
+    )
+    parser.add_argument(
         "--length-unit",
         choices=LENGTH_UNITS,
         default="chars",
@@ -181,6 +189,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.json and args.markdown:
         raise BenchUsageError("choose one of --json and --markdown")
     ks = parse_ks(args.k)
+    modes = parse_keep_signal(getattr(args, "keep_signal", None))
     if args.plot:
         require_matplotlib()
     specs = parse_filter_specs(args.filters, args.param, args.params)
@@ -192,13 +201,15 @@ def _run(args: argparse.Namespace) -> int:
     jobs: list[tuple[Prepared, FilterSpec, int]] = []
     for ds in datasets:
         prepared = prepare(ds, length_fn, unit)
-        jobs += [(prepared, spec, k) for k in ks or [default_k(prepared)] for spec in specs]
+        jobs += [(prepared, spec, k, m) for k in ks or [default_k(prepared)] for spec in specs for m in modes]
 
     records = []
     with progress_bar(len(jobs), args.progress) as bar:
-        for prepared, spec, k in jobs:
+        for prepared, spec, k, mode in jobs:
             bar.set_description_str(f"{prepared.dataset.name}: {spec.label} k={k}")
-            records.append(measure(prepared, spec, k, repeat=args.repeat, batch_groups=args.batch_groups))
+            records.append(
+                measure(prepared, spec, k, repeat=args.repeat, batch_groups=args.batch_groups, keep_signal=mode)
+            )
             bar.update()
 
     print_records(records, datasets, args)
@@ -242,6 +253,21 @@ def print_records(records: list[dict[str, Any]], datasets: list[Dataset], args: 
     if args.plot:
         plot_records(records, args.plot)
         print(f"plot written to {args.plot}", file=sys.stderr)
+
+
+def parse_keep_signal(value: str | None) -> list[str]:
+    """``--keep-signal``: absent -> ["off"]; alone -> the default mode; else the comma-separated modes."""
+    from gfpo_filters.step import keep_signal_mode
+
+    modes: list[str] = []
+    for part in (value or "off").split(","):
+        try:
+            mode = keep_signal_mode(part.strip())
+        except ValueError as e:
+            raise BenchUsageError(f"--keep-signal: {e}") from None
+        if mode not in modes:
+            modes.append(mode)
+    return modes
 
 
 def parse_ks(values: Sequence[str]) -> list[int]:

@@ -11,8 +11,9 @@ what it keeps (over the groups it measured; see "Definitions" below)
     ``kept_accuracy``          mean ``correct`` of the kept completions (``group_accuracy``: of all);
                                null when the data has no ``correct`` field
     ``signal_fraction``        fraction of groups whose kept set still has two different rewards
-                               (a non-zero GFPO advantage somewhere); ``group_signal_fraction``: the
-                               same for the full group, i.e. GRPO
+                               (a non-zero GFPO advantage somewhere; with ``--keep-signal
+                               group_baseline``: a kept reward and two different rewards in the
+                               group); ``group_signal_fraction``: the same for the full group, i.e. GRPO
     ``length_pressure_gfpo``   covariance of GFPO advantage and length over the kept rows
     ``length_pressure_grpo``   covariance of GRPO advantage and length over all rows
 
@@ -24,8 +25,9 @@ Definitions
     A group's rewards R, lengths L (characters by default: the rollouts carry no token counts,
     and without token information a filter counts characters too), kept set S = the top k
     scores, chosen as :func:`gfpo_filters.step.gfpo_step` chooses it: ties go to the earlier
-    completion, completions with a missing reward come last. Completions with a missing reward
-    take no part in reward means, advantages or covariances.
+    completion, completions with a missing reward come last; ``--keep-signal`` then changes S
+    or the advantages as the trainer's ``keep_signal`` does (docs/keep_signal.md). Completions
+    with a missing reward take no part in reward means, advantages or covariances.
 
     GFPO advantage   A_i = (R_i - mean_S R) / (std_S R + 1e-4) for i in S (population std), else 0.
     GRPO advantage   the same with S = the whole group.
@@ -53,8 +55,8 @@ import numpy as np
 
 from gfpo_filters.base import check_scores
 from gfpo_filters.bench.data import Prepared
-from gfpo_filters.selection import gfpo_advantages, topk_mask
-from gfpo_filters.step import has_signal
+from gfpo_filters.selection import gfpo_advantages
+from gfpo_filters.step import Selection, has_signal, select
 
 DEFAULT_REPEAT = 5
 DEFAULT_BATCH_GROUPS = 32
@@ -93,14 +95,22 @@ class FilterSpec:
 
 
 def measure(
-    prepared: Prepared, spec: FilterSpec, k: int, repeat: int = DEFAULT_REPEAT, batch_groups: int = DEFAULT_BATCH_GROUPS
+    prepared: Prepared,
+    spec: FilterSpec,
+    k: int,
+    repeat: int = DEFAULT_REPEAT,
+    batch_groups: int = DEFAULT_BATCH_GROUPS,
+    keep_signal: str = "off",
 ) -> dict[str, Any]:
-    """One record: run ``spec`` with keep-``k`` over the prepared data.
+    """One record: run ``spec`` with keep-``k`` (and ``keep_signal``, a mode name) over the prepared data.
 
     A filter that cannot be built or fails leaves its metrics null and says why in ``error``.
     """
     plan = plan_calls(prepared, k, batch_groups)
     record = new_record(prepared, spec, k, plan, repeat, batch_groups)
+    record["keep_signal"] = keep_signal
+    if keep_signal != "off":
+        record["filter"] = f"{spec.label} +{keep_signal}"
     if not plan.buckets:
         record["error"] = f"no group left to measure (every group has fewer than k={k} completions or no reward)"
         return record
@@ -118,15 +128,10 @@ def measure(
     tally = Tally()
     for bucket, scores in zip(plan.buckets, timed.scores):
         lengths, rewards, correct = prepared.stack(bucket.index)
-        tally.add(lengths, rewards, correct, kept_set(scores, rewards, k))
+        tally.add(lengths, rewards, correct, select(scores, rewards, k, lengths=lengths, keep_signal=keep_signal))
     record.update(tally.metrics(record["n_groups"]))
     record.update(speed(timed.seconds, record["n_groups"], record["n_completions"]))
     return record
-
-
-def kept_set(scores: np.ndarray, rewards: np.ndarray, k: int) -> np.ndarray:
-    """The kept completions, ``(n, G)`` bool: the top ``k`` scores, missing rewards last, as the trainer keeps them."""
-    return topk_mask(scores, k, valid=np.isfinite(rewards))
 
 
 # ---------------------------------------------------------------------- what to call
@@ -306,8 +311,10 @@ class Tally:
     gfpo: Pressure = field(default_factory=Pressure)
     grpo: Pressure = field(default_factory=Pressure)
 
-    def add(self, lengths: np.ndarray, rewards: np.ndarray, correct: np.ndarray, kept: np.ndarray) -> None:
-        """One bucket: ``(n, G)`` lengths, rewards and correctness (NaN where missing), and the kept mask."""
+    def add(self, lengths: np.ndarray, rewards: np.ndarray, correct: np.ndarray, sel: Selection) -> None:
+        """One bucket: ``(n, G)`` lengths, rewards and correctness (NaN where missing), and what the step
+        selected (:func:`gfpo_filters.step.select`: the kept set, its advantages and signal)."""
+        kept = sel.kept
         everything = np.ones_like(kept)
         valid, known = np.isfinite(rewards), np.isfinite(correct)
         self.length_kept.add(lengths, kept)
@@ -316,9 +323,9 @@ class Tally:
         self.reward_all.add(rewards, valid)
         self.correct_kept.add(correct, kept & known)
         self.correct_all.add(correct, known)
-        self.signal_kept += int(has_signal(rewards, kept).sum())
+        self.signal_kept += int(sel.signal.sum())
         self.signal_all += int(has_signal(rewards, valid).sum())
-        self.gfpo.add(gfpo_advantages(rewards, kept), lengths, kept & valid)
+        self.gfpo.add(sel.advantages, lengths, kept & valid)
         self.grpo.add(gfpo_advantages(rewards, valid), lengths, valid)
 
     def metrics(self, n_groups: int) -> dict[str, float | None]:
