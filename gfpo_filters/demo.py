@@ -2,8 +2,8 @@
 
 Four runs from the same seed and the same tiny policy (see :mod:`gfpo_filters.toy`): GRPO on all
 16 completions per prompt, GFPO keeping the 8 of 16 with the best ``token_efficiency`` (the
-paper's token-efficiency setting), the same with ``keep_signal=True`` (docs/keep_signal.md), and
-GFPO keeping the 4 shortest of 16 (``length``). The reward
+paper's token-efficiency setting), GFPO keeping the best 4 of 16 with ``keep_signal=True``
+(docs/keep_signal.md), and GFPO keeping the 4 shortest of 16 (``length``). The reward
 is 1 when the completion contains an ``x``, so longer random completions earn more. The command
 prints mean completion length and reward over training, and writes ``history.json`` and
 ``demo.png`` (with the ``plot`` extra) to ``--out``.
@@ -23,7 +23,7 @@ from typing import Any
 VARIANTS: list[tuple[str, str | None, int | None, bool]] = [
     ("GRPO", None, None, False),
     ("GFPO token_efficiency 8/16", "token_efficiency", 8, False),
-    ("GFPO token_efficiency 8/16 + keep_signal", "token_efficiency", 8, True),
+    ("GFPO token_efficiency 4/16 + keep_signal", "token_efficiency", 4, True),
     ("GFPO length 4/16", "length", 4, False),
 ]
 
@@ -154,7 +154,7 @@ def save_plot(results: list[dict[str, Any]], path: Path) -> bool:
         axes[1].plot(steps, [h["reward"] for h in r["history"]], label=r["label"])
     axes[0].set(xlabel="step", ylabel="mean completion length (tokens)", title="Length")
     axes[1].set(xlabel="step", ylabel="mean reward (all 16 samples)", title="Reward", ylim=(0, 1.05))
-    axes[0].legend()
+    axes[1].legend(loc="lower right")  # the empty corner: under the reward curves, after they rise
     fig.suptitle("Toy task: reward 1 if the completion contains 'x' (cap 48 tokens)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
