@@ -18,7 +18,8 @@ The step:
    rewards last),
 5. optionally keeps the learning signal (``keep_signal``, see :data:`KEEP_SIGNAL`): a kept set
    whose rewards are all equal, in a group whose rewards are not, gets no gradient, and
-6. standardises rewards over the kept set (population std, the paper's Eq. 1).
+6. standardises rewards over the kept set (population std, the paper's Eq. 1; with
+   ``keep_signal="group_baseline"``, mean and std of the whole group).
 
 Rewards are one float per completion, NaN where a completion could not be scored.
 """
