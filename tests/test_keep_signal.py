@@ -129,6 +129,15 @@ def test_balanced_keeps_half_of_each_level_in_the_filters_order():
     assert result.metrics["gfpo/keep_signal_swaps"] == 2  # top 4 was 7, 0, 1, 2
 
 
+def test_swap_long_without_lengths_is_swap():
+    from gfpo_filters.step import select
+
+    scores = -np.asarray(LENGTHS, dtype=float)  # the `length` filter's scores
+    long = select(scores, np.asarray(REWARDS), 3, keep_signal="swap_long")
+    np.testing.assert_array_equal(long.kept, select(scores, np.asarray(REWARDS), 3, keep_signal="swap").kept)
+    assert kept_rows(long)[0] == [0, 4, 5]
+
+
 def test_selection_functions_directly():
     rank = np.array([[0, 1, 2, 3]])
     top = rank < 2
