@@ -147,6 +147,11 @@ class GFPOReplayBuffer(ReplayBuffer):
         if root is not None:
             _check_reward_at_sampling(root)
             _check_batch_sizes(root, trainer_mode, self.num_remains_in_group, self._adaptive is not None)
+            if _get(root, "algorithm.filter_groups.enable"):
+                _warn(
+                    "algorithm.filter_groups (DAPO dynamic sampling) is ignored: verl 0.9 applies it only in its "
+                    "built-in replay buffer, not in a custom sampler such as GFPOReplayBuffer"
+                )
 
     def sample(self, global_steps: int, partition_id: str, batch_size: int) -> tuple[KVBatchMeta, dict]:
         """verl's sample, then the GFPO selection on the training partition."""
@@ -202,15 +207,11 @@ class GFPOReplayBuffer(ReplayBuffer):
         metrics["gfpo/kept_rows"] = float(keep_row.sum())
         return batch.select_keys([key for key, keep in zip(batch.keys, keep_row) if keep]), metrics
 
-    def _prompts(self, batch: KVBatchMeta, groups: _Groups) -> list[Any]:
-        """One prompt per group (``raw_prompt`` of its first row), for filters that take prompts."""
+    def _prompts(self, batch: KVBatchMeta, groups: _Groups) -> list[Any] | None:
+        """One prompt per group (``raw_prompt`` of its first row) for filters that take prompts; None if absent."""
         keys = [batch.keys[i] for i in groups.first_row]
         data = tq.kv_batch_get(keys=keys, partition_id=batch.partition_id, select_fields=["raw_prompt"])
-        if "raw_prompt" not in data.keys():
-            raise RuntimeError(
-                f"filter {self.group_filter!r} takes prompts, but the trajectories have no raw_prompt field"
-            )
-        return list(data["raw_prompt"])
+        return list(data["raw_prompt"]) if "raw_prompt" in data.keys() else None
 
 
 class GFPOReplayBufferAsync(GFPOReplayBuffer, ReplayBufferAsync):
@@ -370,5 +371,9 @@ def _check_batch_sizes(root: DictConfig, mode: str, k: int, adaptive: bool) -> N
         f"ppo_mini_batch_size * rollout.n = {multiple}: {pad} synthetic rows per step"
         f"{' (warm-up k; adaptive k varies)' if adaptive else ''}. To train on the kept rows only, {fix}."
     )
+    _warn(message)
+
+
+def _warn(message: str) -> None:
     logger.warning(message)
-    warnings.warn(message, GFPOFilterWarning, stacklevel=3)
+    warnings.warn(message, GFPOFilterWarning, stacklevel=4)

@@ -256,6 +256,13 @@ def test_a_colocated_reward_model_is_refused_with_what_to_configure(make_config)
     assert build_buffer(config).num_remains_in_group == 3
 
 
+def test_dapo_dynamic_sampling_is_reported_as_ignored(make_config):
+    config = gfpo_config(make_config)
+    config.algorithm.filter_groups.enable = True
+    with pytest.warns(GFPOFilterWarning, match="filter_groups .* is ignored"):
+        build_buffer(config)
+
+
 def test_async_buffer_refuses_sync_mode(make_config):
     config = gfpo_config(make_config)
     config.trainer.v1.sampler.custom_sampler.name = "GFPOReplayBufferAsync"
