@@ -11,12 +11,17 @@ real TransferQueue as verl's agent loop writes trajectories, samples them with v
 ``_get_required_batch_multiple``, here with 2 data-parallel ranks). It reports, per training step,
 the rows that reach the update (real + synthetic) and their tokens (prompt + response; a synthetic
 row is 128 tokens). The rollout files have no token ids, so a character counts as one token.
+
+Then it times what the selection adds to verl's ``sample`` at a larger scale (64 prompts x 16
+sessions of 1,000 to 3,000 random tokens, reading every row's ``responses`` and ``rm_scores`` from
+TransferQueue onto the driver): the best of ``--repeats`` runs of each buffer's ``sample``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import time
 import uuid
 import warnings
 from pathlib import Path
@@ -118,11 +123,49 @@ def run_case(tq, groups, steps: int, prompts: int, k, mini: int, adaptive, dp: i
     return {key: value / steps for key, value in totals.items()}
 
 
+def time_sample(tq, repeats: int, prompts: int = 64, n: int = 16) -> dict[str, float]:
+    """Best-of-``repeats`` seconds of ``sample`` for verl's ReplayBuffer and GFPOReplayBuffer (k = n / 2)."""
+    import numpy as np
+    from verl.trainer.ppo.v1 import get_trainer_cls
+    from verl.utils.tensordict_utils import list_of_dict_to_tensordict
+
+    rng = np.random.default_rng(0)
+    best: dict[str, float] = {}
+    for label, k in (("ReplayBuffer (GRPO)", None), ("GFPOReplayBuffer, token_efficiency", n // 2)):
+        trainer = object.__new__(get_trainer_cls("sync"))
+        trainer.config, trainer.trainer_mode = compose(n, prompts, prompts * (k or n) // n, k, None), "sync"
+        buffer = trainer._build_replay_buffer()
+        for _ in range(repeats):
+            partition = f"time{uuid.uuid4().hex[:8]}"
+            for _ in range(prompts):
+                uid = uuid.uuid4().hex
+                lengths = rng.integers(1000, 3000, n)
+                fields = [
+                    {"responses": torch.randint(2, 30000, (int(ln),)), "rm_scores": torch.zeros(int(ln))}
+                    for ln in lengths
+                ]
+                for f in fields:
+                    f["rm_scores"][-1] = float(rng.integers(0, 2))
+                tags = [{"response_len": int(ln), "seq_len": int(ln) + 200} for ln in lengths]
+                keys = [f"{uid}_{s}_0" for s in range(n)]
+                tq.kv_batch_put(keys=keys, partition_id=partition, fields=list_of_dict_to_tensordict(fields), tags=tags)
+                tq.kv_put(
+                    key=uid, partition_id=partition, tag={"is_prompt": True, "status": "finished", "global_steps": 0}
+                )
+            start = time.perf_counter()
+            batch, _ = buffer.sample(global_steps=0, partition_id=partition, batch_size=prompts)
+            best[label] = min(best.get(label, float("inf")), time.perf_counter() - start)
+            keys = list(tq.kv_list(partition_id=partition).get(partition, {}))
+            tq.kv_clear(keys=keys, partition_id=partition)
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(DATA), help="rollout file (JSON Lines, equal group sizes)")
     parser.add_argument("--steps", type=int, default=4, help="training steps per configuration")
     parser.add_argument("--dp", type=int, default=2, help="data-parallel ranks of the actor")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats of sample (best is reported)")
     args = parser.parse_args()
 
     import ray
@@ -145,6 +188,10 @@ def main() -> None:
                 f"| {label} | {prompts} | {r['sampled']:.0f} | {r['kept']:.1f} | {r['rows']:.1f} | "
                 f"{r['synthetic']:.1f} | {r['tokens']:,.0f} |"
             )
+        print()
+        print("sample() of 64 prompts x 16 sessions (1,000-3,000 tokens each), best of", args.repeats)
+        for label, seconds in time_sample(tq, args.repeats).items():
+            print(f"- {label}: {seconds:.3f} s")
     finally:
         tq.close()
         ray.shutdown()
