@@ -132,7 +132,7 @@ class GFPOReplayBuffer(ReplayBuffer):
                 f"+{PREFIX}.filter=token_efficiency (see 'gfpo-filters list')"
             )
         self.group_filter = resolve_filter(options["filter"], options.get("filter_params"))
-        n = _get(root, "actor_rollout_ref.rollout.n")
+        n = self.rollout_n = _get(root, "actor_rollout_ref.rollout.n")
         self.num_remains_in_group = _check_k(options.get("num_remains_in_group"), n)
         self._adaptive = None
         if options.get("adaptive_k") is not None:
@@ -163,7 +163,7 @@ class GFPOReplayBuffer(ReplayBuffer):
 
     def filter_batch(self, batch: KVBatchMeta, global_steps: int = 0) -> tuple[KVBatchMeta, dict[str, float]]:
         """Keep the top k sessions of each uid in ``batch``; clear the other keys from TransferQueue."""
-        groups = _Groups.of(batch.keys)
+        groups = _Groups.of(batch.keys, self.rollout_n)
         fields = ["responses", "rm_scores"]
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
         if "rm_scores" not in data.keys():
@@ -229,16 +229,19 @@ REWARD_ADVICE = (
 class _Groups:
     """Where each row of a batch sits: group (uid, in first-seen order), session, output index."""
 
-    def __init__(self, row_group: np.ndarray, row_session: np.ndarray, row_index: np.ndarray, n_groups: int) -> None:
+    def __init__(
+        self, row_group: np.ndarray, row_session: np.ndarray, row_index: np.ndarray, n_groups: int, g: int | None
+    ) -> None:
         self.row_group, self.row_session, self.row_index = row_group, row_session, row_index
         self.n_groups = n_groups
-        self.g = int(row_session.max()) + 1 if row_session.size else 0
+        # G: rollout.n where known (sessions that failed in every group still count), else the sessions seen.
+        self.g = max(g or 0, int(row_session.max()) + 1 if row_session.size else 0)
         self.present = np.zeros((n_groups, self.g), dtype=bool)
         self.present[row_group, row_session] = True
         self.first_row = np.unique(row_group, return_index=True)[1]  # groups are numbered in first-seen order
 
     @classmethod
-    def of(cls, keys: Sequence[str]) -> _Groups:
+    def of(cls, keys: Sequence[str], g: int | None = None) -> _Groups:
         parts = [key.rsplit("_", 2) for key in keys]
         bad = [key for key, p in zip(keys, parts) if len(p) != 3 or not (p[1].isdigit() and p[2].isdigit())]
         if bad:
@@ -247,7 +250,7 @@ class _Groups:
         row_group = np.array([uids[p[0]] for p in parts], dtype=np.int64)
         row_session = np.array([int(p[1]) for p in parts], dtype=np.int64)
         row_index = np.array([int(p[2]) for p in parts], dtype=np.int64)
-        return cls(row_group, row_session, row_index, len(uids))
+        return cls(row_group, row_session, row_index, len(uids), g)
 
     def sessions(
         self, row_rewards: np.ndarray, row_tokens: np.ndarray, row_ids: list[list[int]]

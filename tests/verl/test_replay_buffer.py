@@ -122,17 +122,20 @@ def test_multi_output_sessions_stay_whole(transfer_queue, partition, make_config
     assert first[f"{c}_1_0"] == pytest.approx(-0.5 / s, abs=1e-5)
 
 
-def test_a_failed_session_is_never_kept(transfer_queue, partition, make_config):
-    """verl samples failed groups with the sessions that finished; the missing one ranks last."""
+@pytest.mark.parametrize(("missing", "kept_sessions"), [(1, (2, 0, 3)), (3, (1, 2, 0))])
+def test_a_failed_session_is_never_kept(transfer_queue, partition, make_config, missing, kept_sessions):
+    """verl samples failed groups with the sessions that finished; the missing one ranks last. The group
+    still has rollout.n = 4 slots when its last session is the one that failed."""
     d = new_uid()
-    write_group(transfer_queue, partition, d, GROUP_A, status="failure", missing=(1,))
+    write_group(transfer_queue, partition, d, GROUP_A, status="failure", missing=(missing,))
     buffer = build_buffer(gfpo_config(make_config))
     with warnings.catch_warnings():
         warnings.simplefilter("error", GFPOFilterWarning)  # no "empty completion" for the missing session
         batch, metrics = buffer.sample(global_steps=0, partition_id=partition, batch_size=1)
-    assert set(batch.keys) == {f"{d}_2_0", f"{d}_0_0", f"{d}_3_0"}
+    assert set(batch.keys) == {f"{d}_{s}_0" for s in kept_sessions}
     assert metrics["gfpo/sampled_rows"] == 3 and metrics["gfpo/kept_rows"] == 3
-    assert metrics["gfpo/kept_length_mean"] == metrics["gfpo/all_length_mean"] == pytest.approx((3 + 5 + 7) / 3)
+    lengths = [GROUP_A[s][0][0] for s in kept_sessions]
+    assert metrics["gfpo/kept_length_mean"] == metrics["gfpo/all_length_mean"] == pytest.approx(sum(lengths) / 3)
     assert metrics["gfpo/kept_fraction"] == pytest.approx(3 / 4)  # of the 4 slots, the failed one included
 
 
