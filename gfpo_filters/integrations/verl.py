@@ -46,10 +46,16 @@ from typing import Any
 
 import numpy as np
 import torch
-import transfer_queue as tq
-from omegaconf import DictConfig, OmegaConf
-from transfer_queue import KVBatchMeta
-from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer, ReplayBufferAsync
+
+try:
+    import transfer_queue as tq
+    from omegaconf import DictConfig, OmegaConf
+    from transfer_queue import KVBatchMeta
+    from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer, ReplayBufferAsync
+except ImportError as e:
+    raise ImportError(
+        f"gfpo_filters.integrations.verl needs verl 0.9.1 and TransferQueue ({e}): pip install 'gfpo-filters[verl]'"
+    ) from e
 
 from gfpo_filters.adaptive import AdaptiveK
 from gfpo_filters.errors import GFPOFilterWarning
