@@ -344,11 +344,6 @@ def _check_reward_at_sampling(root: DictConfig) -> None:
         )
 
 
-def batch_padding(rows: int, multiple: int) -> int:
-    """Synthetic rows verl adds to ``rows`` for a multiple of ``multiple`` (``upsample_batch_to_divisible_size``)."""
-    return -rows % multiple
-
-
 def _check_batch_sizes(root: DictConfig, mode: str, k: int, adaptive: bool) -> None:
     """Warn when verl would pad the kept rows back up with synthetic ones (see docs/verl.md)."""
     n = _get(root, "actor_rollout_ref.rollout.n")
@@ -364,17 +359,19 @@ def _check_batch_sizes(root: DictConfig, mode: str, k: int, adaptive: bool) -> N
     if critic and isinstance(critic_mini, int):
         multiple = math.lcm(multiple, critic_mini * n)
     rows = prompts * k
-    pad = batch_padding(rows, multiple)
+    pad = -rows % multiple  # the synthetic rows upsample_batch_to_divisible_size adds
     if pad == 0:
         return
-    per_prompt = rows // n if rows % n == 0 else None
+    one_step = rows // n if rows % n == 0 else None  # the ppo_mini_batch_size of one optimizer step per batch
     fix = (
-        f"set actor_rollout_ref.actor.ppo_mini_batch_size to a divisor of {per_prompt} (train_batch_size * k / "
-        f"rollout.n), e.g. {per_prompt} for one optimizer step per batch"
-        if per_prompt
+        f"set actor_rollout_ref.actor.ppo_mini_batch_size to a divisor of {one_step} (train_batch_size * k / "
+        f"rollout.n), e.g. {one_step} for one optimizer step per batch"
+        if one_step
         else f"make the prompts per step a multiple of {n // math.gcd(n, k)} (rollout.n / gcd(rollout.n, k)) "
         f"and ppo_mini_batch_size a divisor of prompts * k / rollout.n"
     )
+    if critic:
+        fix += " (and critic.ppo_mini_batch_size likewise)"
     message = (
         f"GFPO keeps {prompts} prompts x k={k} = {rows} rows per step, but verl pads a batch to a multiple of "
         f"ppo_mini_batch_size * rollout.n = {multiple}: {pad} synthetic rows per step"
