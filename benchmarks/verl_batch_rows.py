@@ -1,6 +1,6 @@
 """Rows and tokens that reach verl's actor update, GRPO against GFPO, through verl's own code (issue 12).
 
-    OMP_NUM_THREADS=1 python benchmarks/verl_batch_rows.py [--data ../shared/data/math100_qwen25_g8.jsonl]
+    OMP_NUM_THREADS=1 python benchmarks/verl_batch_rows.py [--data DIR]
 
 Needs the ``verl`` extra (``pip install -e ".[verl]"``); runs on CPU in about a minute. For each
 configuration it writes real rollout groups (8 completions per prompt, with their rewards) into a
@@ -30,7 +30,7 @@ import torch
 
 warnings.filterwarnings("ignore")
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "math100_qwen25_g8.jsonl"
+DATA = REPO.parent / "shared" / "data"
 
 # (label, prompts per step, k or None for GRPO, actor.ppo_mini_batch_size, adaptive_k)
 CASES = [
@@ -162,7 +162,8 @@ def time_sample(tq, repeats: int, prompts: int = 64, n: int = 16) -> dict[str, f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(DATA), help="rollout file (JSON Lines, equal group sizes)")
+    parser.add_argument("--data", type=Path, default=DATA, help="directory of the real rollout files")
+    parser.add_argument("--rollouts", default="math100_qwen25_g8.jsonl", help="file in --data (equal group sizes)")
     parser.add_argument("--steps", type=int, default=4, help="training steps per configuration")
     parser.add_argument("--dp", type=int, default=2, help="data-parallel ranks of the actor")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats of sample (best is reported)")
@@ -173,11 +174,12 @@ def main() -> None:
 
     from gfpo_filters.rollouts import read_rollouts
 
-    groups = read_rollouts(args.data)
+    path = args.data / args.rollouts
+    groups = read_rollouts(path)
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
     tq.init()
     try:
-        print(f"{Path(args.data).name}: G={len(groups[0].texts)}, {args.dp} data-parallel ranks, {args.steps} steps")
+        print(f"{path.name}: G={len(groups[0].texts)}, {args.dp} data-parallel ranks, {args.steps} steps")
         print()
         columns = ["configuration", "prompts/step", "sampled rows", "kept rows", "rows in update", "synthetic"]
         print("| " + " | ".join([*columns, "tokens in update"]) + " |")
