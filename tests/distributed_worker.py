@@ -1,7 +1,7 @@
-"""Worker for the two-process test: ``torchrun --nproc_per_node 2 tests/distributed_worker.py OUT_DIR``.
+"""Worker for the two-process tests: ``torchrun --nproc_per_node 2 tests/distributed_worker.py OUT_DIR [MODE]``.
 
-One group of G = 8 completions spans both processes (4 rows each). The filter keeps the first
-four, which all live on process 0, so process 1 holds none of the kept rows itself. Each process
+MODE ``selection`` (default): one group of G = 8 completions spans both processes (4 rows each). The filter
+keeps the first four, which all live on process 0, so process 1 holds none of the kept rows itself. Each process
 writes what it saw to OUT_DIR/rank{N}.json for the test to compare.
 """
 
@@ -17,7 +17,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gfpo_filters.trainer import GFPOTrainer  # noqa: E402
-from tests.trainer_utils import Recorder, capture_batches, decode_rows, tiny_args, tiny_parts  # noqa: E402
+from tests.trainer_utils import (  # noqa: E402
+    LOSS_TYPES,
+    Recorder,
+    StepRecorder,
+    capture_batches,
+    decode_rows,
+    tiny_args,
+    tiny_parts,
+)
 
 G, K = 8, 4
 
@@ -77,6 +85,47 @@ def main(out_dir: str) -> None:
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"steps": steps}))
 
 
+def padding(out_dir: str) -> None:
+    """MODE ``padding``: per loss type, one step in which 9 kept rows are shared 5 + 4 (process 1 pads one row).
+
+    Each process saves its micro-batches, their losses, the gradient after DDP's average, and its padding rows to
+    OUT_DIR/{loss_type}-rank{N}.pt; the test compares them with TRL's loss on the kept rows without padding.
+    """
+    for loss_type, settings in LOSS_TYPES.items():
+        parts = tiny_parts()
+        args = tiny_args(
+            out_dir,
+            per_device_train_batch_size=6,  # 12 rows = 3 groups of 4, each split over both processes
+            loss_type=loss_type,
+            max_grad_norm=0.0,
+            ddp_backend="gloo",
+            **settings,
+        )
+        trainer = GFPOTrainer(
+            model=parts["model"],
+            reward_funcs=[Recorder()],
+            args=args,
+            train_dataset=parts["train_dataset"],
+            processing_class=parts["processing_class"],
+            group_filter_func="length",
+        )
+        step = StepRecorder(trainer)
+        batches = capture_batches(trainer)
+        trainer.train()
+        rank = trainer.accelerator.process_index
+        torch.save(
+            {
+                "micro_batches": [
+                    {k: v.cpu() if torch.is_tensor(v) else v for k, v in b.items()} for b in step.micro_batches
+                ],
+                "losses": step.losses,
+                "grads": {k: v.cpu() for k, v in step.grads.items()},
+                "padding_rows": int((batches[0]["completion_mask"].sum(dim=1) == 0).sum()),
+            },
+            Path(out_dir, f"{loss_type}-rank{rank}.pt"),
+        )
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    main(sys.argv[1])
+    {"selection": main, "padding": padding}[sys.argv[2] if len(sys.argv) > 2 else "selection"](sys.argv[1])

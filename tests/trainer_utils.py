@@ -120,3 +120,130 @@ def decode_rows(batch, tokenizer) -> list[str]:
     for ids, mask in zip(batch["completion_ids"], batch["completion_mask"]):
         texts.append(tokenizer.decode(ids[mask.bool()].tolist(), skip_special_tokens=True))
     return texts
+
+
+# ---------------------------------------------------------------------- loss and gradient of one step
+#: Every loss type TRL 1.7.1 and 1.16 offer, with the settings it requires.
+LOSS_TYPES = {
+    "grpo": {},
+    "bnpo": {},
+    "dr_grpo": {},
+    "dapo": {},
+    "cispo": {},
+    "sapo": {},
+    "luspo": {"importance_sampling_level": "sequence"},
+    "vespo": {},
+}
+#: Loss types that TRL normalises by the tokens of each micro-batch (so the step depends on how rows are split).
+PER_MICRO_BATCH_LOSSES = ("bnpo",)
+
+
+class StepRecorder:
+    """Records what one training step computed: each micro-batch and its loss, and the gradient the optimizer sees.
+
+    ``off_policy``: give the batch ``old_per_token_logps`` of a uniform policy, so that importance ratios differ from
+    1 and the loss is not 0 (on-policy, GRPO's loss is minus the mean advantage: 0 for advantages centred per group).
+    """
+
+    def __init__(self, trainer, off_policy: bool = True) -> None:
+        from transformers import TrainerCallback
+
+        self.micro_batches: list[dict[str, Any]] = []
+        self.losses: list[float] = []
+        self.grads: dict[str, torch.Tensor] = {}
+        original = trainer.compute_loss
+
+        def compute_loss(model, inputs, *args, **kwargs):
+            loss = original(model, inputs, *args, **kwargs)
+            if model.training:
+                self.micro_batches.append(
+                    {k: v.detach().clone() if torch.is_tensor(v) else v for k, v in inputs.items()}
+                )
+                self.losses.append(float(loss.detach()))
+            return loss
+
+        trainer.compute_loss = compute_loss
+        recorder = self
+        if off_policy:
+            generate = trainer._generate_and_score_completions
+            uniform = -math.log(len(trainer.processing_class))
+
+            def off_policy_batch(inputs):
+                out = generate(inputs)
+                out["old_per_token_logps"] = torch.full(out["completion_ids"].shape, uniform)
+                return out
+
+            trainer._generate_and_score_completions = off_policy_batch
+
+        class Grads(TrainerCallback):
+            def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+                if not recorder.grads:
+                    recorder.grads = {
+                        n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None
+                    }
+
+        trainer.add_callback(Grads())
+
+
+def real_rows(batch: dict[str, Any]) -> dict[str, Any]:
+    """The rows of a batch that are not padding (padding rows have an empty completion mask)."""
+    keep = batch["completion_mask"].sum(dim=1) > 0
+    n = keep.shape[0]
+    return {k: v[keep] if torch.is_tensor(v) and v.ndim >= 1 and v.shape[0] == n else v for k, v in batch.items()}
+
+
+def concat_rows(batches: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rows of several batches in one: prompts padded on the left, completions on the right (mask 0), as TRL pads."""
+    prompt_width = max(b["prompt_ids"].shape[1] for b in batches)
+    width = max(b["completion_ids"].shape[1] for b in batches)
+    out: dict[str, Any] = {}
+    for key, value in batches[0].items():
+        if not torch.is_tensor(value) or value.ndim == 0:
+            out[key] = value
+            continue
+        parts = []
+        for b in batches:
+            v = b[key]
+            if key.startswith("prompt_"):
+                v = torch.nn.functional.pad(v, (prompt_width - v.shape[1], 0))
+            elif v.ndim == 2:
+                v = torch.nn.functional.pad(v, (0, width - v.shape[1]), value=1 if key == "tool_mask" else 0)
+            parts.append(v)
+        out[key] = torch.cat(parts)
+    return out
+
+
+def reference_step(loss_type: str, micro_batches: list[list[dict[str, Any]]], output_dir: str, **overrides: Any):
+    """TRL's own GRPOTrainer loss and gradient on the kept rows, with no padding row anywhere.
+
+    ``micro_batches[r]`` are the micro-batches process r trained in one step. For every loss type but bnpo the
+    reference is one batch of all real rows (GRPO's loss does not depend on how rows are split into micro-batches).
+    bnpo normalises each micro-batch by its own tokens by design, so its reference keeps the same micro-batches,
+    each without its padding rows, averaged as gradient accumulation and DDP average them.
+    """
+    from trl import GRPOTrainer
+
+    parts = tiny_parts()
+    trainer = GRPOTrainer(  # a GFPOConfig is a GRPOConfig; GRPOTrainer ignores the GFPO fields
+        model=parts["model"],
+        reward_funcs=[Recorder()],
+        args=tiny_args(output_dir, loss_type=loss_type, **{**LOSS_TYPES[loss_type], **overrides}),
+        train_dataset=parts["train_dataset"],
+        processing_class=parts["processing_class"],
+    )
+    model = trainer.model
+    model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    if loss_type in PER_MICRO_BATCH_LOSSES:
+        batches = [real_rows(b) for rank in micro_batches for b in rank]
+        weight = 1.0 / len(batches)
+    else:
+        batches = [concat_rows([real_rows(b) for rank in micro_batches for b in rank])]
+        weight = 1.0
+    total = 0.0
+    for batch in batches:
+        loss = trainer.compute_loss(model, batch) * weight
+        loss.backward()
+        total += float(loss.detach())
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    return total, grads

@@ -10,15 +10,18 @@ This adapter then, on the training batch only:
    rewards last), the same selection on every process (process 0's scores are broadcast),
 5. standardises rewards over the kept set S (population std, paper Eq. 1), and
 6. drops the rejected rows from the batch and spreads the kept rows evenly over processes,
-   so the backward pass costs about k/G of GRPO's on one process and on many.
+   so the backward pass costs about k/G of GRPO's on one process and on many; where padding rows
+   are needed to fill equal micro-batches, row-normalised losses are rescaled so that the step
+   is exactly TRL's loss on the kept rows (``_row_scale``).
 
 GRPOTrainer internals this relies on (checked on TRL 1.7.1 and 1.16.0): the method
 ``_calculate_rewards(inputs, prompts, completions, completion_ids_list)`` returning rewards
 gathered over processes in process order; ``_generate_and_score_completions(inputs)`` returning
 a dict of per-row tensors (``prompt_ids``, ``prompt_mask``, ``completion_ids``,
 ``completion_mask``, ``advantages``, optional log-prob tensors) plus ``num_items_in_batch``;
-the attributes ``reward_weights``, ``num_generations``, ``scale_rewards``, ``_metrics`` and
-``_logs``; and ``_save_checkpoint`` / ``_load_optimizer_and_scheduler`` for the adaptive state.
+the attributes ``reward_weights``, ``num_generations``, ``scale_rewards``, ``loss_type``, ``_metrics``
+and ``_logs``; ``compute_loss`` (scaled, see ``_row_scale``); and ``_save_checkpoint`` /
+``_load_optimizer_and_scheduler`` for the adaptive state.
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ COMPLETION_FIELDS = {
 MULTIMODAL_FIELDS = ("pixel_values", "image_grid_thw", "pixel_attention_mask", "image_sizes", "num_images")
 #: Loss types whose normaliser is num_items_in_batch (a token count over the generation batch).
 TOKEN_SUM_LOSSES = ("dapo", "cispo", "vespo")
+#: Loss types that divide by the number of rows in a micro-batch: padding rows would be counted (see _row_scale).
+ROW_MEAN_LOSSES = ("grpo", "sapo", "dr_grpo", "luspo")
 
 
 @dataclass
@@ -181,6 +186,11 @@ class GFPOTrainer(GRPOTrainer):
         self._rewards_capture: tuple[Any, ...] | None = None
 
     # ------------------------------------------------------------------ GRPOTrainer hooks
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        scale = getattr(self, "_loss_scale", 1.0) if self.model.training else 1.0
+        return loss * scale if scale != 1.0 else loss
+
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._rewards_capture = (prompts, completions, completion_ids_list, rewards_per_func)
@@ -304,8 +314,40 @@ class GFPOTrainer(GRPOTrainer):
             result["num_items_in_batch"] = num_items.to(output["num_items_in_batch"].dtype).reshape(
                 output["num_items_in_batch"].shape
             )  # else GRPO's count over all G completions stays: the paper's Eq. 2
+        self._loss_scale = self._row_scale(n_kept, per_rank * world)
         self._metrics["train"]["gfpo/padding_rows"].append(float(n_pad))
         return result
+
+    def _row_scale(self, n_kept: int, n_rows: int) -> float:
+        """Factor that makes a row-mean loss over ``n_rows`` rows (``n_rows - n_kept`` of them padding) a mean over the
+        ``n_kept`` kept rows.
+
+        TRL's ``grpo``, ``sapo``, ``luspo`` and ``dr_grpo`` divide each micro-batch's loss by its number of rows, and
+        every micro-batch has ``n_rows / (processes * steps_per_generation)`` rows, so the step's loss is the sum of
+        the per-row losses over ``n_rows``; times ``n_rows / n_kept`` it is their sum over ``n_kept``, exactly what TRL
+        computes on a batch of the kept rows alone. The other losses divide by token counts, to which padding rows
+        (empty completion mask) add nothing: factor 1.
+        """
+        if n_rows == n_kept or n_kept == 0 or self.loss_type not in ROW_MEAN_LOSSES:
+            return 1.0
+        # Only the policy and KL terms are row means; a loss with other terms cannot be rescaled as a whole.
+        others = [
+            name
+            for name, on in (
+                ("an entropy bonus (entropy_coef)", getattr(self, "_entropy_bonus_enabled", False)),
+                ("a router auxiliary loss (router_aux_loss_coef)", getattr(self, "aux_loss_enabled", False)),
+                ("use_liger_kernel", getattr(self.args, "use_liger_kernel", False)),
+            )
+            if on
+        ]
+        if others:
+            raise ValueError(
+                f"GFPOTrainer: {n_kept} kept rows need {n_rows - n_kept} padding row(s) to fill equal micro-batches, "
+                f"and loss_type={self.loss_type!r} with {' and '.join(others)} cannot be corrected for them exactly. "
+                "Choose num_remains_in_group so that per_device_train_batch_size * k is a multiple of num_generations "
+                "(then no padding is needed), or use a token-normalised loss_type ('dapo', 'bnpo', 'cispo', 'vespo')."
+            )
+        return n_rows / n_kept
 
     def _gather_kept_rows(self, rows, kept_rows, n_local):
         """Every process's kept rows, concatenated in global row order, padded to common widths.
