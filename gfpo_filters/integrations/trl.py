@@ -26,10 +26,12 @@ and ``_logs``; ``compute_loss`` (scaled, see ``_row_scale``); and ``_save_checkp
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +41,7 @@ from accelerate.utils import broadcast, gather_object
 from trl import GRPOConfig, GRPOTrainer
 
 from gfpo_filters.adaptive import AdaptiveK
+from gfpo_filters.base import GroupFilter
 from gfpo_filters.step import accepted_kwargs, gfpo_step, group_rows, resolve_filter
 
 logger = logging.getLogger(__name__)
@@ -73,6 +76,17 @@ class GFPOConfig(GRPOConfig):
     all, every group keeps ``num_remains_in_group``.
     """
 
+    group_filter: str | None = field(
+        default=None,
+        metadata={
+            "help": "Name of a registered group filter ('gfpo-filters list'), e.g. 'token_efficiency' or 'length'. "
+            "The trainer's group_filter_func argument, when given, is used instead (it must not differ)."
+        },
+    )
+    group_filter_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={"help": "Parameters of group_filter, a dict (a JSON object on the command line)."},
+    )
     num_remains_in_group: int | None = field(
         default=None,
         metadata={"help": "k: completions kept per group (2 .. num_generations - 1). Required with a filter."},
@@ -97,6 +111,19 @@ class GFPOConfig(GRPOConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        if isinstance(self.group_filter_kwargs, str):
+            try:
+                self.group_filter_kwargs = json.loads(self.group_filter_kwargs)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"group_filter_kwargs must be a JSON object, got {self.group_filter_kwargs!r}") from e
+        if self.group_filter_kwargs is not None and not isinstance(self.group_filter_kwargs, dict):
+            raise ValueError(f"group_filter_kwargs must be a dict, got {type(self.group_filter_kwargs).__name__}")
+        if self.group_filter_kwargs and self.group_filter is None:
+            raise ValueError("group_filter_kwargs is set but group_filter is not: name the filter they belong to")
+        if self.group_filter is not None and self.num_remains_in_group is None:
+            raise ValueError(
+                f"group_filter={self.group_filter!r} needs num_remains_in_group (k, 2 <= k < num_generations)"
+            )
         g = self.num_generations
         k = self.num_remains_in_group
         if k is not None and (not isinstance(k, int) or not 2 <= k <= g - 1):
@@ -124,6 +151,50 @@ class GFPOConfig(GRPOConfig):
             )
 
 
+#: GRPOTrainer's constructor parameters in the installed TRL (GFPOTrainer takes them all).
+_GRPO_PARAMETERS = inspect.signature(GRPOTrainer.__init__).parameters
+
+
+def _filter_from(group_filter_func: Any, config: Any) -> Any:
+    """The run's filter: ``group_filter_func`` if given, else the one the configuration names; both must agree."""
+    name = getattr(config, "group_filter", None)
+    params = getattr(config, "group_filter_kwargs", None) or {}
+    given = resolve_filter(group_filter_func)
+    if name is None:
+        return given
+    configured = resolve_filter(name, params)
+    if given is None:
+        return configured
+    same = isinstance(given, GroupFilter) and given.name == configured.name and given.params == configured.params
+    if not same:
+        raise ValueError(
+            f"two different group filters: group_filter_func={given!r} and GFPOConfig(group_filter={name!r}, "
+            f"group_filter_kwargs={params!r}); give one of them"
+        )
+    return given
+
+
+def normalize_then_sum(per_func: np.ndarray, kept: np.ndarray, weights: np.ndarray, eps: float = 1e-4) -> np.ndarray:
+    """GFPO advantages for ``multi_objective_aggregation="normalize_then_sum"``: TRL's recipe over the kept set.
+
+    ``per_func`` is ``(n_groups, G, n_funcs)`` (NaN where a function gave no reward), ``kept`` ``(n_groups, G)``.
+    Each reward function is standardised over the kept completions of each group (population std), the results are
+    summed with the reward weights, and the sums are standardised over all kept completions of the batch. Rejected
+    completions, and those no function scored, get 0.
+    """
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices: a function that scored no kept row
+        x = np.where(kept[..., None], per_func, np.nan)
+        z = (x - np.nanmean(x, axis=1, keepdims=True)) / (np.nanstd(x, axis=1, keepdims=True) + eps)
+        summed = np.nansum(z * weights, axis=2)
+        scored = kept & ~np.isnan(x).all(axis=2)
+        values = summed[scored]
+        if values.size == 0:
+            return np.zeros(kept.shape)
+        advantages = (summed - values.mean()) / (values.std() + eps)
+    return np.where(scored, advantages, 0.0)
+
+
 class GFPOTrainer(GRPOTrainer):
     """GRPOTrainer that trains on the top ``num_remains_in_group`` completions of each group.
 
@@ -132,21 +203,14 @@ class GFPOTrainer(GRPOTrainer):
     ``f(group_completions=..., group_rewards=..., **kwargs) -> list[list[float]]`` (higher = keep).
     """
 
-    def __init__(
-        self,
-        model,
-        reward_funcs,
-        args: GFPOConfig | None = None,
-        train_dataset=None,
-        eval_dataset=None,
-        processing_class=None,
-        reward_processing_classes=None,
-        group_filter_func=None,
-        callbacks=None,
-        optimizers=(None, None),
-        peft_config=None,
-    ):
-        k = getattr(args, "num_remains_in_group", None)
+    def __init__(self, *args: Any, group_filter_func: Any = None, **kwargs: Any) -> None:
+        # Every argument of the installed GRPOTrainer, positional or by name, goes to it untouched (and so does any
+        # argument a newer TRL adds); only group_filter_func is GFPO's. The signature shown is GRPOTrainer's plus it.
+        names = [n for n in _GRPO_PARAMETERS if n != "self"]
+        at = names.index("args") if "args" in names else len(args)
+        config = kwargs["args"] if "args" in kwargs else (args[at] if len(args) > at else None)
+        k = getattr(config, "num_remains_in_group", None)
+        group_filter_func = _filter_from(group_filter_func, config)
         if group_filter_func is not None and k is None:
             raise ValueError(
                 "a group_filter_func was given but num_remains_in_group is not set: pass "
@@ -154,35 +218,20 @@ class GFPOTrainer(GRPOTrainer):
             )
         if group_filter_func is None and k is not None:
             raise ValueError(
-                f"num_remains_in_group={k} is set but no group_filter_func was given: pass a filter, "
-                "e.g. group_filter_func='token_efficiency' (see 'gfpo-filters list')"
+                f"num_remains_in_group={k} is set but no group_filter_func was given and GFPOConfig.group_filter is "
+                "not set: name a filter, e.g. group_filter='token_efficiency' (see 'gfpo-filters list')"
             )
-        self.group_filter_func = resolve_filter(group_filter_func)
-        super().__init__(
-            model=model,
-            reward_funcs=reward_funcs,
-            args=args,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            reward_processing_classes=reward_processing_classes,
-            callbacks=callbacks,
-            optimizers=optimizers,
-            peft_config=peft_config,
-        )
+        self.group_filter_func = group_filter_func
+        super().__init__(*args, **kwargs)
+        config = self.args
         self.num_remains_in_group = k
         if self.group_filter_func is None:
             logger.warning("GFPOTrainer without a group filter: it trains exactly like GRPOTrainer")
             return
-        if getattr(self, "multi_objective_aggregation", "sum_then_normalize") != "sum_then_normalize":
-            raise ValueError(
-                "GFPOTrainer needs multi_objective_aggregation='sum_then_normalize': GFPO standardises one "
-                "reward per completion over the kept set"
-            )
         self._filter_kwargs = accepted_kwargs(self.group_filter_func)
         self._adaptive = None
-        if args.adaptive_k is not None:
-            self._adaptive = AdaptiveK(args.adaptive_k, k, args.adaptive_warmup_steps, args.adaptive_window)
+        if config.adaptive_k is not None:
+            self._adaptive = AdaptiveK(config.adaptive_k, k, config.adaptive_warmup_steps, config.adaptive_window)
         self._rewards_capture: tuple[Any, ...] | None = None
 
     # ------------------------------------------------------------------ GRPOTrainer hooks
@@ -248,9 +297,14 @@ class GFPOTrainer(GRPOTrainer):
             sync_scores=self._broadcast_scores if acc.num_processes > 1 else None,
             filter_kwargs=self._filter_kwargs,
         )
+        advantages = result.advantages
+        if getattr(self, "multi_objective_aggregation", "sum_then_normalize") == "normalize_then_sum":
+            per_func = rewards_per_func.double().cpu().numpy().reshape(-1, g, rewards_per_func.shape[1])
+            advantages = normalize_then_sum(per_func, result.kept, weights.double().cpu().numpy())
+            result.advantages = advantages
         self._log_selection(result, n_total)
         # Keep only the selected rows, spread evenly over processes.
-        return self._select_rows(output, result.kept.reshape(-1), result.advantages.reshape(-1), n_local)
+        return self._select_rows(output, result.kept.reshape(-1), advantages.reshape(-1), n_local)
 
     def _broadcast_scores(self, scores: np.ndarray) -> np.ndarray:
         """Process 0's scores on every process, so that all keep the same rows."""
@@ -419,3 +473,14 @@ class GFPOTrainer(GRPOTrainer):
                 return
             with open(path) as f:
                 self._adaptive.load_state_dict(json.load(f)["adaptive"])
+
+
+def _init_signature() -> inspect.Signature:
+    """GRPOTrainer's constructor signature plus the keyword-only ``group_filter_func`` (what help() and IDEs show)."""
+    params = list(_GRPO_PARAMETERS.values())
+    plain = [p for p in params if p.kind is not p.VAR_KEYWORD]
+    extra = inspect.Parameter("group_filter_func", inspect.Parameter.KEYWORD_ONLY, default=None)
+    return inspect.Signature([*plain, extra, *[p for p in params if p.kind is p.VAR_KEYWORD]])
+
+
+GFPOTrainer.__init__.__signature__ = _init_signature()
