@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("trl")
 
@@ -23,6 +24,7 @@ from tests.trainer_utils import (  # noqa: E402
     reward_of,
     tiny_args,
     tiny_parts,
+    tool_call,
 )
 
 pytestmark = pytest.mark.trainer
@@ -195,3 +197,180 @@ def test_normalize_then_sum_over_the_kept_set(tmp_path):
     expected = sorted((groups[i][j], round(v, 4)) for (i, j), v in final.items())
     got = sorted(zip(decode_rows(batch, trainer.processing_class), np.round(batch["advantages"].tolist(), 4).tolist()))
     assert got == expected
+
+
+# ---------------------------------------------------------------------- tools and environments
+class Spy:
+    """A group filter that records what it was given and delegates to a registered filter."""
+
+    def __init__(self, name: str, **params) -> None:
+        self.inner, self.calls = load_filter(name, **params), []
+
+    def __call__(self, group_completions, group_rewards, **kwargs):
+        self.calls.append({"group_completions": group_completions, "group_rewards": group_rewards, **kwargs})
+        return self.inner(group_completions=group_completions, group_rewards=group_rewards, **kwargs)
+
+
+def unfiltered_batches(trainer) -> list[dict]:
+    """The generation batches GRPOTrainer produced, before GFPO dropped rows."""
+    seen, original = [], trainer._filter_batch
+
+    def wrapped(output, *args):
+        seen.append({k: v.clone() if torch.is_tensor(v) else v for k, v in output.items()})
+        return original(output, *args)
+
+    trainer._filter_batch = wrapped
+    return seen
+
+
+def assert_rows_travel_whole(before: dict, after: dict) -> None:
+    """Each row of the filtered batch is a generated row (same prompt, same completion), with its masks unchanged."""
+    width = after["completion_ids"].shape[1]
+
+    def prompt(batch, i):
+        return batch["prompt_ids"][i][batch["prompt_mask"][i].bool()]
+
+    real = after["completion_mask"].sum(dim=1) > 0
+    for i in torch.nonzero(real).flatten().tolist():
+        match = [
+            j
+            for j in range(len(before["completion_ids"]))
+            if torch.equal(prompt(before, j), prompt(after, i))
+            and torch.equal(before["completion_ids"][j, :width], after["completion_ids"][i])
+            and before["completion_mask"][j, width:].sum() == 0
+        ]
+        assert match, f"kept row {i} is not a generated row"
+        for key in ("completion_mask", "tool_mask"):
+            if key in before:
+                assert torch.equal(before[key][match[0], :width], after[key][i]), key
+
+
+def multiply(a: int, b: int) -> int:
+    """
+    Multiply two integers.
+
+    Args:
+        a: The first integer.
+        b: The second integer.
+
+    Returns:
+        The product of the two integers.
+    """
+    return a * b
+
+
+def chat_dataset(n: int = 16):
+    from datasets import Dataset
+
+    return Dataset.from_dict({"prompt": [[{"role": "user", "content": f"what is {i} times 3?"}] for i in range(n)]})
+
+
+def used_a_tool(completions, **kwargs) -> list[float]:
+    """1 when the conversation holds a tool response that is a number (the call succeeded), else 0."""
+    return [1.0 if any(m["role"] == "tool" and str(m["content"]).isdigit() for m in c) else 0.0 for c in completions]
+
+
+def chat_trainer(tmp_path, spy, scripted_turns, k=2, **kwargs):
+    from tests.trainer_utils import ScriptedGenerate, build_chat_model, build_chat_tokenizer
+
+    tokenizer = build_chat_tokenizer()
+    model = build_chat_model(tokenizer)
+    args = tiny_args(
+        str(tmp_path),
+        per_device_train_batch_size=8,
+        num_generations=4,
+        num_remains_in_group=k,
+        max_completion_length=128,
+        **kwargs.pop("config", {}),
+    )
+    trainer = GFPOTrainer(
+        model=model,
+        args=args,
+        processing_class=tokenizer,
+        train_dataset=chat_dataset(),
+        group_filter_func=spy,
+        **kwargs,
+    )
+    trainer.model.generate = ScriptedGenerate(tokenizer, scripted_turns)
+    return trainer
+
+
+def test_tools_multi_turn(tmp_path):
+    if "tools" not in inspect.signature(GRPOTrainer.__init__).parameters:
+        pytest.skip("this TRL has no tool calling")
+    spy = Spy("reward")
+    turns = [tool_call("multiply", a=3, b=4), tool_call("multiply", a=3, c=4), "I do not know.<|im_end|>",
+             tool_call("multiply", a=2, b=5)]  # fmt: skip
+    trainer = chat_trainer(tmp_path, spy, turns, k=3, reward_funcs=[used_a_tool], tools=[multiply])
+    before, after = unfiltered_batches(trainer), capture_batches(trainer)
+    trainer.train()
+
+    call = spy.calls[0]
+    # Whole groups of one prompt; rewards are TRL's: the two successful calls earn 1.
+    assert call["group_rewards"] == [[1.0, 0.0, 0.0, 1.0]] * 2
+    for group in call["group_completions"]:
+        assert [m["role"] for m in group[0]] == ["assistant", "tool", "assistant"]  # multi-turn: one conversation
+        assert [m["content"] for m in group[0] if m["role"] == "tool"] == ["12"]
+    # The kept rows (the two successful calls and the failed one of each group) carry their tool masks: tool
+    # tokens are not trained.
+    batch = after[0]
+    assert len(batch["advantages"]) == 6 and "tool_mask" in batch
+    assert (batch["tool_mask"] * batch["completion_mask"]).sum() < batch["completion_mask"].sum()
+    assert int(batch["num_items_in_batch"]) == int((batch["completion_mask"] * batch["tool_mask"]).sum())
+    assert_rows_travel_whole(before[0], batch)
+    logged = trainer.state.log_history[0]
+    assert logged["tools/call_frequency"] == pytest.approx(3 / 4)
+
+
+class CounterEnvironment:
+    """An environment with a tool, as in TRL's tests."""
+
+    def reset(self, **kwargs):
+        self._counter = 0
+
+    def increment(self, step: int) -> int:
+        """
+        Increment the internal counter.
+
+        Args:
+            step: Value to add to the counter.
+
+        Returns:
+            The updated counter value.
+        """
+        self._counter += step
+        return self._counter
+
+
+class RewardingCounter(CounterEnvironment):
+    """The same environment owning its reward (the final counter): TRL >= 1.8 makes get_reward a reward source."""
+
+    def get_reward(self) -> float:
+        return float(self._counter)
+
+
+def test_environment_owned_rewards_are_what_the_filter_sees(tmp_path, monkeypatch):
+    if "environment_factory" not in inspect.signature(GRPOTrainer.__init__).parameters:
+        pytest.skip("this TRL has no environments")
+    monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
+    spy = Spy("reward")
+    turns = [tool_call("increment", step=1), tool_call("decrement", step=2), "No.<|im_end|>",
+             tool_call("increment", step=3)]  # fmt: skip
+    if "get_reward" in inspect.getsource(GRPOTrainer.__init__):
+        extra = {"environment_factory": RewardingCounter}
+    else:  # TRL 1.7.1: the reward is read from the environments by a reward function
+        extra = {
+            "environment_factory": CounterEnvironment,
+            "reward_funcs": [lambda environments, **kw: [float(e._counter) for e in environments]],
+        }
+    trainer = chat_trainer(tmp_path, spy, turns, **extra)
+    before, after = unfiltered_batches(trainer), capture_batches(trainer)
+    trainer.train()
+    # The environments' counters are the rewards: 1, 0 (unknown tool), 0 (no call), 3 in each group.
+    assert spy.calls[0]["group_rewards"] == [[1.0, 0.0, 0.0, 3.0]] * 2
+    assert [e._counter for e in trainer.environments] == [1, 0, 0, 3] * 2
+    # The reward filter keeps the two highest: rows 0 and 3 of each group.
+    batch = after[0]
+    assert len(batch["advantages"]) == 4
+    assert_rows_travel_whole(before[0], batch)
+    assert sorted(np.round(batch["advantages"].tolist(), 3).tolist()) == pytest.approx([-1.0, -1.0, 1.0, 1.0], abs=1e-3)

@@ -247,3 +247,86 @@ def reference_step(loss_type: str, micro_batches: list[list[dict[str, Any]]], ou
         total += float(loss.detach())
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
     return total, grads
+
+
+# ---------------------------------------------------------------------- chat, tools, environments
+CHAT_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>", "<tool_response>",
+                 "</tool_response>", "<think>", "</think>"]  # fmt: skip
+
+
+def build_chat_tokenizer():
+    """A character-level tokenizer of printable ASCII with Qwen3's special tokens and TRL's Qwen3 chat template.
+
+    TRL recognises the template, so tool calls are parsed as for Qwen3; nothing is downloaded.
+    """
+    import string
+
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    from trl.chat_template_utils import qwen3_chat_template
+
+    chars = sorted(set(string.printable))
+    vocab = {t: i for i, t in enumerate(CHAT_SPECIALS + chars)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<|endoftext|>", eos_token="<|im_end|>", padding_side="left"
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": CHAT_SPECIALS[1:]})
+    tokenizer.chat_template = qwen3_chat_template
+    return tokenizer
+
+
+def build_chat_model(tokenizer, seed: int = 0, hidden: int = 16):
+    """A tiny Llama over ``tokenizer``'s vocabulary, built from a config."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+def tool_call(name: str, **arguments: Any) -> str:
+    import json
+
+    return f'<tool_call>\n{{"name": "{name}", "arguments": {json.dumps(arguments)}}}\n</tool_call><|im_end|>'
+
+
+class ScriptedGenerate:
+    """Stands in for ``model.generate``: the policy answers the first turn of row ``i`` of a batch with
+    ``first_turns[i % len(first_turns)]`` and every later turn (after a tool response) with ``later``.
+
+    TRL's own tool tests script the policy the same way; the rest (parsing tool calls, running the tools,
+    tool masks, rewards, the loss) is TRL's real code.
+    """
+
+    def __init__(self, tokenizer, first_turns: list[str], later: str = "Done!<|im_end|>") -> None:
+        self.tokenizer, self.first_turns, self.later = tokenizer, first_turns, later
+        self.calls = 0
+
+    def __call__(self, input_ids, attention_mask=None, **kwargs):
+        self.calls += 1
+        rows = []
+        for i, ids in enumerate(input_ids):
+            prompt = self.tokenizer.decode(ids, skip_special_tokens=False)
+            text = self.later if "<tool_response>" in prompt else self.first_turns[i % len(self.first_turns)]
+            rows.append(self.tokenizer.encode(text, add_special_tokens=False))
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        completions = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=input_ids.device)
+        return torch.cat([input_ids, completions], dim=1)
