@@ -76,13 +76,14 @@ def test_unknown_arguments_are_forwarded_to_grpo_trainer(tmp_path):
 
 
 # ---------------------------------------------------------------------- the filter from configuration
-def make(tmp_path, group_filter_func=None, reward_funcs=None, **overrides):
+def make(tmp_path, group_filter_func=None, reward_funcs=None, trainer_kwargs=None, **overrides):
     parts = tiny_parts()
     return GFPOTrainer(
         **parts,
         reward_funcs=reward_funcs or [Recorder()],
         args=tiny_args(str(tmp_path), **overrides),
         group_filter_func=group_filter_func,
+        **(trainer_kwargs or {}),
     )
 
 
@@ -374,3 +375,78 @@ def test_environment_owned_rewards_are_what_the_filter_sees(tmp_path, monkeypatc
     assert len(batch["advantages"]) == 4
     assert_rows_travel_whole(before[0], batch)
     assert sorted(np.round(batch["advantages"].tolist(), 3).tolist()) == pytest.approx([-1.0, -1.0, 1.0, 1.0], abs=1e-3)
+
+
+# ---------------------------------------------------------------------- rollout_func
+def test_rollout_func_output_is_what_the_filter_sees(tmp_path, monkeypatch):
+    if "rollout_func" not in inspect.signature(GRPOTrainer.__init__).parameters:
+        pytest.skip("this TRL has no rollout_func")
+    monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
+    produced = []
+
+    def rollout_func(prompts, trainer):
+        """Custom generation: row i answers with the letters of its prompt, (i % 4) + 1 times; an extra field."""
+        tok = trainer.processing_class
+        texts = [p * ((i % 4) + 1) for i, p in enumerate(prompts)]
+        produced.append(texts)
+        completion_ids = [tok.encode(t, add_special_tokens=False) + [tok.eos_token_id] for t in texts]
+        return {
+            "prompt_ids": [tok.encode(p, add_special_tokens=False) for p in prompts],
+            "completion_ids": completion_ids,
+            "logprobs": [[-0.5 - 0.01 * j for j in range(len(ids))] for ids in completion_ids],
+            "repeats": [(i % 4) + 1 for i in range(len(prompts))],
+        }
+
+    def repeats_reward(completions, repeats, **kwargs):  # reads the rollout's extra field
+        return [float(r % 3) for r in repeats]
+
+    spy = Spy("length")
+    trainer = make(
+        tmp_path,
+        spy,
+        reward_funcs=[repeats_reward],
+        trainer_kwargs={"rollout_func": rollout_func},
+        num_remains_in_group=2,
+    )
+    batches = capture_batches(trainer)
+    trainer.train()
+    call, batch = spy.calls[0], batches[0]
+    texts = produced[0]
+    assert call["group_completions"] == [texts[i : i + 4] for i in range(0, 12, 4)]
+    assert call["group_rewards"] == [[1.0, 2.0, 0.0, 1.0]] * 3
+    # The two shortest of each group are kept (1 and 2 repeats), with the rollout's own log-probs.
+    kept = decode_rows(batch, trainer.processing_class)
+    assert sorted(kept) == sorted(t for i, t in enumerate(texts) if i % 4 < 2)
+    for row, text in enumerate(kept):
+        n = int(batch["completion_mask"][row].sum())
+        assert n == len(text) + 1
+        expected = torch.tensor([-0.5 - 0.01 * j for j in range(n)])
+        torch.testing.assert_close(batch["sampling_per_token_logps"][row, :n], expected)
+
+
+# ---------------------------------------------------------------------- PEFT and quantization_config
+def test_peft_adapter_trains_on_the_kept_rows(tmp_path):
+    peft = pytest.importorskip("peft")
+    trainer = make(
+        tmp_path,
+        "length",
+        trainer_kwargs={"peft_config": peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])},
+        num_remains_in_group=2,
+        learning_rate=0.1,
+    )
+    assert isinstance(trainer.model, peft.PeftModel)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    batches = capture_batches(trainer)
+    trainer.train()
+    assert len(batches[0]["advantages"]) == 6  # 3 groups x k=2
+    changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all("lora_" in n for n in changed)  # only the adapter learns
+
+
+def test_quantization_config_reaches_grpo_trainer(tmp_path, caplog):
+    if "quantization_config" not in inspect.signature(GRPOTrainer.__init__).parameters:
+        pytest.skip("this TRL has no quantization_config argument")
+    # With a model object, GRPOTrainer itself says that it ignores the quantization config: it got it.
+    with caplog.at_level("WARNING"):
+        make(tmp_path, "length", trainer_kwargs={"quantization_config": object()})
+    assert "`quantization_config` will be ignored" in caplog.text
