@@ -330,3 +330,52 @@ class ScriptedGenerate:
         pad = self.tokenizer.pad_token_id
         completions = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=input_ids.device)
         return torch.cat([input_ids, completions], dim=1)
+
+
+# ---------------------------------------------------------------------- vision-language
+def build_tiny_vlm(seed: int = 0):
+    """A tiny LLaVA (CLIP vision tower + Llama) and its processor, built from configs: nothing is downloaded.
+
+    Images are 28 x 28 (four 14 x 14 patches); TRL's LLaVA chat template renders the image placeholder.
+    """
+    from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from trl.chat_template_utils import llava_next_chat_template
+
+    tokenizer = build_chat_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": [*CHAT_SPECIALS[1:], "<image>"]})
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}),
+        tokenizer=tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        image_token="<image>",
+        num_additional_image_tokens=1,
+        chat_template=llava_next_chat_template,
+    )
+    text = dict(model_type="llama", vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
+                num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)  # fmt: skip
+    vision = dict(model_type="clip_vision_model", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                  num_attention_heads=2, image_size=28, patch_size=14, projection_dim=16)  # fmt: skip
+    config = LlavaConfig(
+        vision_config=vision, text_config=text, image_token_id=processor.image_token_id, vision_feature_layer=-1
+    )
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model, processor
+
+
+def image_dataset(n: int = 16):
+    """Conversational prompts, each with its own one-colour 28 x 28 image."""
+    from datasets import Dataset
+    from PIL import Image
+
+    colours = [(37 * i % 256, 91 * i % 256, 53 * i % 256) for i in range(n)]
+    return Dataset.from_dict(
+        {
+            "prompt": [[{"role": "user", "content": f"colour {i}?"}] for i in range(n)],
+            "image": [Image.new("RGB", (28, 28), c) for c in colours],
+        }
+    )

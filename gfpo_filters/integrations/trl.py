@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from accelerate.utils import broadcast, gather_object
 from trl import GRPOConfig, GRPOTrainer
+from trl.trainer.utils import split_pixel_values_by_grid, unsplit_pixel_values_by_grid
 
 from gfpo_filters.adaptive import AdaptiveK
 from gfpo_filters.base import GroupFilter
@@ -59,7 +60,8 @@ COMPLETION_FIELDS = {
     "sampling_per_token_logps": 0.0,
     "importance_sampling_ratio": 0.0,
 }
-MULTIMODAL_FIELDS = ("pixel_values", "image_grid_thw", "pixel_attention_mask", "image_sizes", "num_images")
+#: Fields whose second dimension is the prompt followed by the completion (VLMs' token types); split in two to move.
+JOINT_FIELDS = ("token_type_ids", "mm_token_type_ids")
 #: Loss types whose normaliser is num_items_in_batch (a token count over the generation batch).
 TOKEN_SUM_LOSSES = ("dapo", "cispo", "vespo")
 #: Loss types that divide by the number of rows in a micro-batch: padding rows would be counted (see _row_scale).
@@ -174,6 +176,36 @@ def _filter_from(group_filter_func: Any, config: Any) -> Any:
     return given
 
 
+def _side(key: str) -> str | None:
+    """Which end of a row a field's second dimension belongs to: 'prompt' (left-padded), 'completion', or None."""
+    if key in PROMPT_FIELDS or key.endswith(":prompt"):
+        return "prompt"
+    if key in COMPLETION_FIELDS or key.endswith(":completion"):
+        return "completion"
+    return None
+
+
+def _split_joint(batch: dict[str, Any]) -> dict[str, Any]:
+    """Cut (prompt + completion)-wide fields into their prompt and completion parts, so each is padded and trimmed
+    like the prompt and completion fields."""
+    width = batch["prompt_ids"].shape[1]
+    out = {}
+    for key, value in batch.items():
+        if key in JOINT_FIELDS and torch.is_tensor(value) and value.ndim == 2:
+            out[f"{key}:prompt"], out[f"{key}:completion"] = value[:, :width], value[:, width:]
+        else:
+            out[key] = value
+    return out
+
+
+def _join_joint(batch: dict[str, Any]) -> dict[str, Any]:
+    out = {key: value for key, value in batch.items() if not key.endswith((":prompt", ":completion"))}
+    for key in JOINT_FIELDS:
+        if f"{key}:prompt" in batch:
+            out[key] = torch.cat([batch[f"{key}:prompt"], batch[f"{key}:completion"]], dim=1)
+    return out
+
+
 def normalize_then_sum(per_func: np.ndarray, kept: np.ndarray, weights: np.ndarray, eps: float = 1e-4) -> np.ndarray:
     """GFPO advantages for ``multi_objective_aggregation="normalize_then_sum"``: TRL's recipe over the kept set.
 
@@ -262,11 +294,6 @@ class GFPOTrainer(GRPOTrainer):
     def _filter_batch(self, output, prompts, completions, completion_ids_list, rewards_per_func):
         """Translate TRL's generation batch into groups, run the GFPO step, and keep the selected rows."""
         acc = self.accelerator
-        present = [f for f in MULTIMODAL_FIELDS if f in output]
-        if present:
-            raise NotImplementedError(
-                f"GFPOTrainer does not support vision-language batches yet (batch fields {present})"
-            )
         g = self.num_generations
         n_local = len(prompts)
 
@@ -313,34 +340,49 @@ class GFPOTrainer(GRPOTrainer):
         return out.cpu().numpy()
 
     def _select_rows(self, output, kept_flat, advantages_flat, n_local):
+        """Keep the selected rows of every per-row field, spread evenly over processes, padded to equal micro-batches.
+
+        Per-row fields are tensors whose first dimension is the row, and lists with one entry per row (``num_images``,
+        and image tensors, which TRL's ``split_pixel_values_by_grid`` cuts into one entry per row: a row's images
+        travel with it). Tensors move between processes with tensor gathers, lists (and row tensors of unknown
+        layout) as objects.
+        """
         acc = self.accelerator
         rank, world = acc.process_index, acc.num_processes
         kept_rows = np.flatnonzero(kept_flat)  # global row indices, in order
         n_kept = kept_rows.size
+        output = _split_joint(split_pixel_values_by_grid(output))
 
-        row_fields = {
-            key: value
-            for key, value in output.items()
-            if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == n_local and key != "advantages"
-        }
-        unknown = [key for key in row_fields if key not in PROMPT_FIELDS and key not in COMPLETION_FIELDS]
-        if unknown and world > 1:
-            raise NotImplementedError(
-                f"GFPOTrainer cannot redistribute batch fields {unknown} across processes; "
-                "please report this with your TRL version"
-            )
+        tensors, objects, stacked = {}, {}, set()
+        for key, value in output.items():
+            if key == "advantages" or not (isinstance(value, list) or (torch.is_tensor(value) and value.ndim >= 1)):
+                continue
+            if len(value) != n_local:
+                raise NotImplementedError(
+                    f"GFPOTrainer cannot tell which rows batch field {key!r} belongs to: it has {len(value)} entries "
+                    f"for {n_local} rows; please report this with your TRL version and model"
+                )
+            if isinstance(value, list):
+                objects[key] = value
+            elif _side(key) is None and world > 1:
+                objects[key], stacked = list(value), stacked | {key}  # unknown layout: moved as one object per row
+            else:
+                tensors[key] = value
 
         # This process's kept rows (local indices) and their loss tokens, for num_items_in_batch.
         local = (kept_rows >= rank * n_local) & (kept_rows < (rank + 1) * n_local)
-        local_idx = torch.as_tensor(kept_rows[local] - rank * n_local, device=acc.device)
+        local_list = (kept_rows[local] - rank * n_local).tolist()
+        local_idx = torch.as_tensor(local_list, dtype=torch.long, device=acc.device)
         mask = output["completion_mask"] * output["tool_mask"] if "tool_mask" in output else output["completion_mask"]
         kept_tokens = mask[local_idx].sum().reshape(1).to(torch.float32)
         num_items = acc.gather(kept_tokens).sum() if world > 1 else kept_tokens.sum()
 
         # All kept rows in global order (on many processes: gathered from every process).
-        rows = {key: value[local_idx] for key, value in row_fields.items()}
+        rows = {key: value[local_idx] for key, value in tensors.items()}
+        objs = {key: [value[i] for i in local_list] for key, value in objects.items()}
         if world > 1:
             rows = self._gather_kept_rows(rows, kept_rows, n_local)
+            objs = {key: gather_object(value) for key, value in objs.items()}
 
         # Balanced contiguous shares, each padded to the same multiple of steps_per_generation.
         share = [n_kept // world + (1 if r < n_kept % world else 0) for r in range(world)]
@@ -348,6 +390,7 @@ class GFPOTrainer(GRPOTrainer):
         per_rank = max(1, math.ceil(max(share) / chunks)) * chunks
         begin = sum(share[:rank])
         fields = {key: value[begin : begin + share[rank]] for key, value in rows.items()}
+        lists = {key: value[begin : begin + share[rank]] for key, value in objs.items()}
         advantages = torch.as_tensor(advantages_flat[kept_rows[begin : begin + share[rank]]], dtype=torch.float32)
         n_pad = per_rank - share[rank]
         if n_pad:
@@ -358,11 +401,16 @@ class GFPOTrainer(GRPOTrainer):
                 if key == "completion_mask":
                     pad_rows.zero_()
                 fields[key] = torch.cat([value, pad_rows])
+            for key, value in lists.items():
+                lists[key] = value + objs[key][:1] * n_pad
             advantages = torch.cat([advantages, torch.zeros(n_pad)])
 
         fields = self._trim_completion_width(fields)
-        result = {key: value for key, value in output.items() if key not in row_fields}
+        for key in stacked:
+            fields[key] = torch.stack(lists.pop(key)).to(output[key][0].device)
+        result = {key: value for key, value in output.items() if key not in tensors and key not in objects}
         result.update(fields)
+        result.update(lists)
         result["advantages"] = advantages.to(output["advantages"].device, output["advantages"].dtype)
         if getattr(self.args, "gfpo_loss_normalizer", "kept") == "kept":
             result["num_items_in_batch"] = num_items.to(output["num_items_in_batch"].dtype).reshape(
@@ -370,7 +418,7 @@ class GFPOTrainer(GRPOTrainer):
             )  # else GRPO's count over all G completions stays: the paper's Eq. 2
         self._loss_scale = self._row_scale(n_kept, per_rank * world)
         self._metrics["train"]["gfpo/padding_rows"].append(float(n_pad))
-        return result
+        return unsplit_pixel_values_by_grid(_join_joint(result))
 
     def _row_scale(self, n_kept: int, n_rows: int) -> float:
         """Factor that makes a row-mean loss over ``n_rows`` rows (``n_rows - n_kept`` of them padding) a mean over the
@@ -419,7 +467,7 @@ class GFPOTrainer(GRPOTrainer):
             pad_value = PROMPT_FIELDS.get(key, COMPLETION_FIELDS.get(key, 0))
             pad_value = pad_id if pad_value == "pad" else pad_value
             if value.ndim >= 2:
-                value = acc.pad_across_processes(value, dim=1, pad_index=pad_value, pad_first=key in PROMPT_FIELDS)
+                value = acc.pad_across_processes(value, dim=1, pad_index=pad_value, pad_first=_side(key) == "prompt")
             value = acc.pad_across_processes(value, dim=0, pad_index=pad_value)
             everything = acc.gather(value)
             gathered[key] = torch.cat([everything[r * most : r * most + counts[r]] for r in range(acc.num_processes)])
@@ -437,10 +485,8 @@ class GFPOTrainer(GRPOTrainer):
         full = fields["completion_mask"].shape[1]
         if width >= full:
             return fields
-        return {
-            key: value[:, :width] if key in COMPLETION_FIELDS and value.ndim >= 2 and value.shape[1] == full else value
-            for key, value in fields.items()
-        }
+        trim = {key for key, v in fields.items() if _side(key) == "completion" and v.ndim >= 2 and v.shape[1] == full}
+        return {key: value[:, :width] if key in trim else value for key, value in fields.items()}
 
     # ------------------------------------------------------------------ logging
     def _log_selection(self, result, n_total):
