@@ -492,3 +492,40 @@ def test_vision_language_batches_keep_each_rows_image(tmp_path):
         expected = processor.image_processor(images=[dataset[n]["image"]], return_tensors="pt")["pixel_values"][0]
         torch.testing.assert_close(batch["pixel_values"][i], expected)
     assert trainer.state.log_history[0]["gfpo/kept_fraction"] == 0.5
+
+
+# ---------------------------------------------------------------------- two processes
+@pytest.mark.distributed
+def test_tools_and_images_are_redistributed_on_two_processes(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import trl
+    from packaging.version import Version
+
+    if Version(trl.__version__) < Version("1.8"):
+        pytest.skip("the tiny LLaVA needs TRL >= 1.8 (see test_vision_language_batches_keep_each_rows_image)")
+    worker = Path(__file__).with_name("distributed_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29535"]
+    proc = subprocess.run(
+        [*cmd, str(worker), str(tmp_path), "features"], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    for run in ("tools", "vlm"):
+        ranks = [json.loads((tmp_path / f"{run}-rank{r}.json").read_text()) for r in range(2)]
+        assert ranks[0]["kept"] == ranks[1]["kept"]
+        generated = ranks[0]["generated"] + ranks[1]["generated"]  # global row order: process 0, then 1
+        kept = [row for row, k in zip(generated, sum(ranks[0]["kept"], [])) if k]
+        trained = ranks[0]["trained"] + ranks[1]["trained"]
+        key = lambda r: json.dumps(r, sort_keys=True)  # noqa: E731
+        # Every kept row is trained exactly once, with its own tool mask and image, on one of the processes.
+        assert sorted(map(key, trained)) == sorted(map(key, kept)) and len(kept) == 9
+        assert [r["batch_rows"] for r in ranks] == [5, 5] and [r["padding_rows"] for r in ranks] == [0, 1]
+        if run == "tools":
+            assert any(0 in r["tool_mask"] for r in trained)  # some kept rows hold tool responses
+        else:
+            assert len({key(r["pixels"]) for r in trained}) == 3  # three prompts, three images
