@@ -529,3 +529,26 @@ def test_tools_and_images_are_redistributed_on_two_processes(tmp_path):
             assert any(0 in r["tool_mask"] for r in trained)  # some kept rows hold tool responses
         else:
             assert len({key(r["pixels"]) for r in trained}) == 3  # three prompts, three images
+
+
+# ---------------------------------------------------------------------- the example script
+def test_example_script_with_yaml_and_command_line(tmp_path, monkeypatch):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("train_gfpo", root / "examples" / "train_gfpo.py")
+    example = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "train_gfpo", example)  # its dataclasses look their module up
+    spec.loader.exec_module(example)
+    config = str(root / "examples" / "train_gfpo.yaml")
+    argv = ["--config", config, "--output_dir", str(tmp_path), "--max_steps", "1", "--per_device_train_batch_size",
+            "16", "--group_filter", "length", "--num_remains_in_group", "4"]  # fmt: skip
+    script_args, training_args, model_args = example.parse(argv)
+    assert (training_args.group_filter, training_args.num_remains_in_group) == ("length", 4)  # the command line
+    assert training_args.num_generations == 16 and script_args.reward_funcs == ["contains_target"]  # the YAML file
+    trainer = example.main(script_args, training_args, model_args)
+    assert trainer.group_filter_func.name == "length"
+    logged = trainer.state.log_history[0]
+    assert logged["gfpo/k_mean"] == 4 and logged["gfpo/kept_fraction"] == 0.25
