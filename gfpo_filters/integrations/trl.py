@@ -1,4 +1,4 @@
-"""GFPOTrainer: GFPO as a thin layer over TRL's GRPOTrainer (TRL 1.7.1 to 1.16).
+"""GFPOTrainer: GFPO as a thin layer over TRL's GRPOTrainer (TRL 1.7.1 to 1.16), for every GRPO run TRL supports.
 
 GRPOTrainer generates, scores and computes GRPO advantages for the whole generation batch.
 This adapter then, on the training batch only:
@@ -8,19 +8,24 @@ This adapter then, on the training batch only:
 3. calls the group filter once per batch on all groups, with token ids and lengths,
 4. keeps the top k of each group (ties to the earlier completion; NaN scores and missing
    rewards last), the same selection on every process (process 0's scores are broadcast),
-5. standardises rewards over the kept set S (population std, paper Eq. 1), and
+5. standardises rewards over the kept set S (population std, paper Eq. 1; with
+   ``multi_objective_aggregation="normalize_then_sum"`` each reward function over S, then their weighted sum), and
 6. drops the rejected rows from the batch and spreads the kept rows evenly over processes,
    so the backward pass costs about k/G of GRPO's on one process and on many; where padding rows
    are needed to fill equal micro-batches, row-normalised losses are rescaled so that the step
    is exactly TRL's loss on the kept rows (``_row_scale``).
 
-GRPOTrainer internals this relies on (checked on TRL 1.7.1 and 1.16.0): the method
-``_calculate_rewards(inputs, prompts, completions, completion_ids_list)`` returning rewards
-gathered over processes in process order; ``_generate_and_score_completions(inputs)`` returning
-a dict of per-row tensors (``prompt_ids``, ``prompt_mask``, ``completion_ids``,
-``completion_mask``, ``advantages``, optional log-prob tensors) plus ``num_items_in_batch``;
-the attributes ``reward_weights``, ``num_generations``, ``scale_rewards``, ``loss_type``, ``_metrics``
-and ``_logs``; ``compute_loss`` (scaled, see ``_row_scale``); and ``_save_checkpoint`` /
+GRPOTrainer internals this relies on (checked on TRL 1.7.1 and 1.16.0; docs/trainer.md keeps the same list):
+``__init__``'s signature (every argument is forwarded as given; only ``group_filter_func`` is ours);
+``_calculate_rewards(inputs, prompts, completions, completion_ids_list)`` returning rewards gathered over
+processes in process order (environment-owned rewards included); ``_generate_and_score_completions(inputs)``
+returning a dict of per-row tensors (``prompt_ids``, ``prompt_mask``, ``completion_ids``, ``completion_mask``,
+``advantages``, optional log-prob tensors, ``tool_mask``, image and token-type fields), per-row lists
+(``num_images``) and ``num_items_in_batch``; ``trl.trainer.utils.split_pixel_values_by_grid`` and
+``unsplit_pixel_values_by_grid``; ``compute_loss`` (scaled, see ``_row_scale``) with TRL's per-loss-type
+normalisers and ``_entropy_bonus_enabled`` / ``aux_loss_enabled``; the attributes ``reward_weights``,
+``num_generations``, ``scale_rewards``, ``multi_objective_aggregation``, ``loss_type``, ``pad_to_multiple_of``,
+``_metrics``, ``_logs``, ``_tokenizer`` and ``args.steps_per_generation``; and ``_save_checkpoint`` /
 ``_load_optimizer_and_scheduler`` for the adaptive state.
 """
 
