@@ -127,6 +127,14 @@ def padding(out_dir: str) -> None:
         )
 
 
+def feature_runs() -> tuple[str, ...]:
+    """The runs of MODE ``features`` on the installed TRL (TRL 1.7.1's own GRPOTrainer fails on the tiny LLaVA)."""
+    import trl
+    from packaging.version import Version
+
+    return ("tools", "vlm") if Version(trl.__version__) >= Version("1.8") else ("tools",)
+
+
 def features(out_dir: str) -> None:
     """MODE ``features``: multi-turn tools and a vision-language model on two processes, uneven shares.
 
@@ -149,7 +157,7 @@ def features(out_dir: str) -> None:
 
     os.environ["TRL_EXPERIMENTAL_SILENCE"] = "1"
     turns = [tool_call("multiply", a=3, b=4), "No.<|im_end|>", tool_call("multiply", a=3, c=4)]
-    for run in ("tools", "vlm"):
+    for run in feature_runs():
         spy = Spy("length")
         args = tiny_args(out_dir, per_device_train_batch_size=6, ddp_backend="gloo", max_completion_length=128)
         if run == "tools":

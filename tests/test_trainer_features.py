@@ -503,11 +503,8 @@ def test_tools_and_images_are_redistributed_on_two_processes(tmp_path):
     import sys
     from pathlib import Path
 
-    import trl
-    from packaging.version import Version
+    from tests.distributed_worker import feature_runs
 
-    if Version(trl.__version__) < Version("1.8"):
-        pytest.skip("the tiny LLaVA needs TRL >= 1.8 (see test_vision_language_batches_keep_each_rows_image)")
     worker = Path(__file__).with_name("distributed_worker.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29535"]
@@ -515,7 +512,7 @@ def test_tools_and_images_are_redistributed_on_two_processes(tmp_path):
         [*cmd, str(worker), str(tmp_path), "features"], env=env, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    for run in ("tools", "vlm"):
+    for run in feature_runs():  # tools, and a tiny LLaVA on TRL >= 1.8
         ranks = [json.loads((tmp_path / f"{run}-rank{r}.json").read_text()) for r in range(2)]
         assert ranks[0]["kept"] == ranks[1]["kept"]
         generated = ranks[0]["generated"] + ranks[1]["generated"]  # global row order: process 0, then 1
