@@ -62,6 +62,13 @@ def test_arguments_reach_grpo_trainer_positionally_and_by_name(tmp_path):
     assert trainer.group_filter_func.name == "length"
 
 
+def test_filter_in_trl_171_gfpo_position_is_refused(tmp_path):
+    parts = tiny_parts()
+    args = (parts["model"], [Recorder()], tiny_args(str(tmp_path)), parts["train_dataset"], None)
+    with pytest.raises(TypeError, match=r"positional argument 8 is GRPOTrainer's callbacks, got 'length'"):
+        GFPOTrainer(*args, parts["processing_class"], None, "length")
+
+
 def test_unknown_arguments_are_forwarded_to_grpo_trainer(tmp_path):
     # A keyword argument GRPOTrainer does not know reaches it (and it, not GFPOTrainer, refuses it).
     parts = tiny_parts()

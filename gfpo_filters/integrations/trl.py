@@ -246,6 +246,14 @@ class GFPOTrainer(GRPOTrainer):
         names = [n for n in _GRPO_PARAMETERS if n != "self"]
         at = names.index("args") if "args" in names else len(args)
         config = kwargs["args"] if "args" in kwargs else (args[at] if len(args) > at else None)
+        if "callbacks" in names and len(args) > names.index("callbacks"):
+            callbacks = args[names.index("callbacks")]
+            if callbacks is not None and not isinstance(callbacks, (list, tuple)):
+                raise TypeError(
+                    f"GFPOTrainer's positional argument {names.index('callbacks') + 1} is GRPOTrainer's callbacks, got "
+                    f"{callbacks!r}: pass the filter by name, group_filter_func=... (TRL 1.7.1's GFPOTrainer took it "
+                    "at that position)"
+                )
         k = getattr(config, "num_remains_in_group", None)
         group_filter_func = _filter_from(group_filter_func, config)
         if group_filter_func is not None and k is None:
