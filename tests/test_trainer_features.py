@@ -556,3 +556,42 @@ def test_example_script_with_yaml_and_command_line(tmp_path, monkeypatch):
     assert trainer.group_filter_func.name == "length"
     logged = trainer.state.log_history[0]
     assert logged["gfpo/k_mean"] == 4 and logged["gfpo/kept_fraction"] == 0.25
+
+
+class WordEnvironment:
+    """An environment that owns the data: ``reset`` returns the prompt."""
+
+    def reset(self, **kwargs):
+        return "Spell a word."
+
+
+def test_environment_owned_data(tmp_path, monkeypatch):
+    if "environment owns the data" not in inspect.getsource(GRPOTrainer.__init__):
+        pytest.skip("this TRL needs a train_dataset with environments")
+    from tests.trainer_utils import ScriptedGenerate, build_chat_model, build_chat_tokenizer
+
+    monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
+    tokenizer = build_chat_tokenizer()
+    spy = Spy("length")
+
+    def answer_length(completions, **kwargs):
+        return [float(len(c[-1]["content"])) for c in completions]
+
+    trainer = GFPOTrainer(
+        model=build_chat_model(tokenizer),
+        reward_funcs=[answer_length],
+        args=tiny_args(str(tmp_path), per_device_train_batch_size=8, num_remains_in_group=2, max_completion_length=16),
+        processing_class=tokenizer,
+        environment_factory=WordEnvironment,
+        group_filter_func=spy,
+    )  # no train_dataset: the environments supply the prompts
+    trainer.model.generate = ScriptedGenerate(
+        tokenizer, ["A.<|im_end|>", "Bb.<|im_end|>", "Ccc.<|im_end|>", "D.<|im_end|>"]
+    )
+    batches = capture_batches(trainer)
+    trainer.train()
+    call = spy.calls[0]
+    # The filter sees the environments' prompts and TRL's rewards of the completions; the 2 shortest are kept.
+    assert all("Spell a word." in str(p) for p in call["prompts"]) and len(call["prompts"]) == 2
+    assert call["group_rewards"] == [[2.0, 3.0, 4.0, 2.0]] * 2
+    assert sorted(decode_rows(batches[0], tokenizer)) == ["A.", "A.", "D.", "D."]
