@@ -154,6 +154,14 @@ def test_command_line_and_yaml(tmp_path):
     )
     assert (config.group_filter, config.num_remains_in_group, config.num_generations) == ("length", 4, 8)
     assert config.group_filter_kwargs == {"tokenizer": None}
+    # transformers' HfArgumentParser (which TrlParser extends) reads the same command line.
+    from transformers import HfArgumentParser
+
+    argv = ["--output_dir", str(tmp_path), "--use_cpu", "--bf16", "false", "--group_filter", "reward",
+            "--group_filter_kwargs", '{"threshold": 0.5}', "--num_remains_in_group", "4",
+            "--num_generations", "8"]  # fmt: skip
+    (config,) = HfArgumentParser(GFPOConfig).parse_args_into_dataclasses(args=argv)
+    assert config.group_filter == "reward" and config.group_filter_kwargs == {"threshold": 0.5}
 
     yaml = tmp_path / "gfpo.yaml"
     yaml.write_text(
