@@ -603,3 +603,42 @@ def test_environment_owned_data(tmp_path, monkeypatch):
     assert all("Spell a word." in str(p) for p in call["prompts"]) and len(call["prompts"]) == 2
     assert call["group_rewards"] == [[2.0, 3.0, 4.0, 2.0]] * 2
     assert sorted(decode_rows(batches[0], tokenizer)) == ["A.", "A.", "D.", "D."]
+
+
+def test_qwen_vl_layout_images_and_token_types_follow_their_rows(tmp_path):
+    """Qwen-VL's layout (pixel rows per image patch, image_grid_thw per image, several images per row, token types
+    over prompt + completion), built by hand as TRL builds it, through the adapter's row selection."""
+    trainer = make(tmp_path, "length")
+    n, prompt_width, width = 4, 3, 5
+    num_images = [1, 2, 1, 1]
+    grids = [[1, 2, 2], [1, 2, 2], [1, 2, 4], [1, 4, 2], [1, 2, 2]]  # per image: 4, 4, 8, 8, 4 patches
+    owner = [0, 1, 1, 2, 3]  # the row each image belongs to
+    patches = [t * h * w for t, h, w in grids]
+    pixel_values = torch.cat([torch.full((p, 3), float(10 * owner[i] + i)) for i, p in enumerate(patches)])
+    lengths = [2, 5, 3, 1]  # completion tokens per row
+    completion_mask = torch.tensor([[1] * m + [0] * (width - m) for m in lengths])
+    output = {
+        "prompt_ids": torch.arange(n * prompt_width).reshape(n, prompt_width),
+        "prompt_mask": torch.ones(n, prompt_width, dtype=torch.long),
+        "completion_ids": torch.arange(100, 100 + n * width).reshape(n, width),
+        "completion_mask": completion_mask,
+        "advantages": torch.zeros(n),
+        "num_items_in_batch": completion_mask.sum(),
+        "pixel_values": pixel_values,
+        "image_grid_thw": torch.tensor(grids),
+        "num_images": num_images,
+        "mm_token_type_ids": torch.cat([torch.ones(n, prompt_width, dtype=torch.long), completion_mask * 0], dim=1),
+    }
+    kept = np.array([True, False, True, True])  # rows 0, 2, 3: row 1 (two images, the longest) is dropped
+    batch = trainer._select_rows(output, kept, np.array([0.5, 0.0, -0.25, -0.25]), n)
+    assert batch["num_images"] == [1, 1, 1]
+    assert batch["image_grid_thw"].tolist() == [[1, 2, 2], [1, 4, 2], [1, 2, 2]]
+    assert batch["pixel_values"][:, 0].tolist() == [0.0] * 4 + [23.0] * 8 + [34.0] * 4  # rows 0, 2, 3's patches
+    assert batch["completion_ids"].shape == (3, 3)  # trimmed to the longest kept completion
+    assert batch["mm_token_type_ids"].shape == (3, prompt_width + 3)
+    assert batch["mm_token_type_ids"][:, :prompt_width].all() and not batch["mm_token_type_ids"][:, prompt_width:].any()
+    assert batch["advantages"].tolist() == [0.5, -0.25, -0.25]
+
+    output["rope_deltas"] = torch.zeros(n + 1)  # a field of unknown layout that is not one entry per row
+    with pytest.raises(NotImplementedError, match=r"batch field 'rope_deltas' belongs to: it has 5 entries for 4"):
+        trainer._select_rows(output, kept, np.zeros(n), n)
