@@ -22,6 +22,7 @@ from tests.trainer_utils import (  # noqa: E402
     capture_batches,
     decode_rows,
     reward_of,
+    run_two_processes,
     tiny_args,
     tiny_parts,
     tool_call,
@@ -513,20 +514,10 @@ def test_vision_language_batches_keep_each_rows_image(tmp_path):
 @pytest.mark.distributed
 def test_tools_and_images_are_redistributed_on_two_processes(tmp_path):
     import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
 
     from tests.distributed_worker import feature_runs
 
-    worker = Path(__file__).with_name("distributed_worker.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29535"]
-    proc = subprocess.run(
-        [*cmd, str(worker), str(tmp_path), "features"], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    run_two_processes(tmp_path, "features")
     for run in feature_runs():  # tools, and a tiny LLaVA on TRL >= 1.8
         ranks = [json.loads((tmp_path / f"{run}-rank{r}.json").read_text()) for r in range(2)]
         assert ranks[0]["kept"] == ranks[1]["kept"]

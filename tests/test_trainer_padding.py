@@ -7,11 +7,6 @@ GRPOTrainer loss on the same kept rows with no padding at all (see ``trainer_uti
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -24,6 +19,7 @@ from tests.trainer_utils import (  # noqa: E402
     StepRecorder,
     capture_batches,
     reference_step,
+    run_two_processes,
     tiny_args,
     tiny_parts,
 )
@@ -99,13 +95,7 @@ def test_row_mean_loss_with_entropy_bonus_and_padding_is_refused(tmp_path):
 @pytest.mark.distributed
 def test_padded_step_equals_unpadded_step_on_two_processes(tmp_path):
     """Two processes, uneven shares (9 kept rows: 5 + 4, process 1 pads one row), every loss type in one launch."""
-    worker = Path(__file__).with_name("distributed_worker.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534"]
-    proc = subprocess.run(
-        [*cmd, str(worker), str(tmp_path), "padding"], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    run_two_processes(tmp_path, "padding")
     for loss_type in LOSS_TYPES:
         ranks = [torch.load(tmp_path / f"{loss_type}-rank{r}.pt") for r in range(2)]
         assert [r["padding_rows"] for r in ranks] == [0, 1]

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -379,3 +384,20 @@ def image_dataset(n: int = 16):
             "image": [Image.new("RGB", (28, 28), c) for c in colours],
         }
     )
+
+
+def run_two_processes(tmp_path: Path, *worker_args: str) -> None:
+    """Run ``tests/distributed_worker.py`` on two processes (torchrun, gloo, one thread each) and fail with its output.
+
+    The rendezvous port is a free one, so that two test sessions on one machine do not collide.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    worker = Path(__file__).with_name("distributed_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+    proc = subprocess.run(
+        [*cmd, str(worker), str(tmp_path), *worker_args], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
