@@ -37,10 +37,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from gfpo_filters.scorer import FeatureConfig, featurize, roc_auc, split_by_prompt, train_scorer  # noqa: E402
 
 from gfpo_filters import load_filter  # noqa: E402
 from gfpo_filters.rollouts import read_rollouts, to_groups  # noqa: E402
-from gfpo_filters.scorer import FeatureConfig, featurize, roc_auc, split_by_prompt, train_scorer  # noqa: E402
 
 
 def within_group_auc(scores: np.ndarray, labels: np.ndarray) -> float:

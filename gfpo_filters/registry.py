@@ -54,6 +54,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "gfpo_filters.filters.combine",
     "gfpo_filters.filters.diversity",
     "gfpo_filters.filters.learned",
+    "gfpo_filters.filters.consensus",
 )
 
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
