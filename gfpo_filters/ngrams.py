@@ -112,23 +112,32 @@ def word_hashes(texts: Sequence[str], lowercase: bool = True) -> tuple[np.ndarra
     zero-padded), ``h = mix64(w_0 XOR L·P)`` for a word of ``L`` bytes, then ``h = mix64(h XOR w_k)``
     for each further chunk.
     """
-    encoded = [(t.lower() if lowercase else t).encode("utf-8", "surrogatepass") for t in texts]
-    sizes = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)) + 1  # + the separator
-    raw = b"\n".join(encoded) + b"\n" + bytes(8)  # 8 zero bytes: every 8-byte read stays inside
+    joined = "\n".join(texts)
+    if joined.isascii():  # O(1) for a str; then every text has as many bytes as characters
+        sizes = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)) + 1  # + the separator
+        raw = (joined.lower() if lowercase else joined).encode("ascii") + b"\n" + bytes(8)
+    else:  # lower-casing may change a non-ASCII text's length: encode text by text
+        encoded = [(t.lower() if lowercase else t).encode("utf-8", "surrogatepass") for t in texts]
+        sizes = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)) + 1
+        raw = b"\n".join(encoded) + b"\n" + bytes(8)  # 8 zero bytes: every 8-byte read stays inside
     buf = np.frombuffer(raw, dtype=np.uint8)
-    cls = _ASCII_CLASS[buf]
+    cls = np.take(_ASCII_CLASS, buf)
     cls[-8:] = _SPACE  # the padding is not a word
     other_start = cls == _OTHER
     other_end = other_start.copy()
-    if not raw.isascii():
+    if not joined.isascii():
         _classify_non_ascii(buf, cls, other_start, other_end)
     word = cls == _WORD
-    word_start = word.copy()
-    word_start[1:] &= ~word[:-1]
-    word_end = word.copy()
-    word_end[:-1] &= ~word[1:]
-    starts = np.flatnonzero(word_start | other_start)
-    ends = np.flatnonzero(word_end | other_end) + 1  # every word has one first and one last byte
+    word_start = np.empty_like(word)  # a word character after a non-word one
+    word_start[0] = word[0]
+    np.greater(word[1:], word[:-1], out=word_start[1:])
+    word_start |= other_start
+    word_end = np.empty_like(word)  # a word character before a non-word one
+    word_end[-1] = word[-1]
+    np.greater(word[:-1], word[1:], out=word_end[:-1])
+    word_end |= other_end
+    starts = np.flatnonzero(word_start)
+    ends = np.flatnonzero(word_end) + 1  # every word has one first and one last byte
     n_bytes = ends - starts
     window = np.ndarray(shape=(buf.size - 7,), dtype="<u8", buffer=raw, strides=(1,))
     h = mix64((window[starts] & _BYTE_MASKS[np.minimum(n_bytes, 8)]) ^ (n_bytes.astype(np.uint64) * P64))

@@ -125,10 +125,12 @@ def test_feature_ids_follow_the_documented_hash_with_python_ints():
         bucket(_mix(_u64(h[a] * 0x9E3779B97F4A7C15 + h[b]) ^ _seed(16 * 3 + 2)))
         for a, b in (("hello", ","), (",", "wonderful"), ("wonderful", "world"))
     ]
-    assert feats.offsets.tolist() == [0, 7, 8]
-    # at each position its unigram, then the bigram starting there
-    assert feats.ids[:7].tolist() == [uni["hello"], bi[0], uni[","], bi[1], uni["wonderful"], bi[2], uni["world"]]
-    assert feats.ids[7] == uni["x"]  # no bigram crosses into the next text
+    assert feats.offsets.tolist() == [0, 8, 10] and feats.sizes.tolist() == [7, 1]
+    # at each position its unigram, then the bigram starting there; 1000 (= n_buckets) pads
+    assert feats.ids.tolist() == [uni["hello"], bi[0], uni[","], bi[1], uni["wonderful"], bi[2], uni["world"], 1000] + [
+        uni["x"],
+        1000,  # no bigram crosses into the next text
+    ]
     assert feats.dense[0].tolist() == pytest.approx([np.log1p(4), np.log1p(22)])
 
 
@@ -141,6 +143,7 @@ def test_group_features_hand_computed():
     assert d["duplicate_share"].tolist() == pytest.approx([1 / 3, 1 / 3, 0, 0])
     assert d["answer_share"].tolist() == pytest.approx([1 / 3, 1 / 3, 0, 0])
     assert d["has_answer"].tolist() == [1, 1, 1, 0]
+    assert d["answer_top"].tolist() == [1, 1, 0, 0]  # 12 is the most common answer
     # word 3-gram Jaccard: texts 0 and 1 identical, no 3-gram shared with the others
     assert d["similarity_max"].tolist() == pytest.approx([1, 1, 0, 0])
     assert d["similarity_mean"].tolist() == pytest.approx([1 / 3, 1 / 3, 0, 0])

@@ -246,6 +246,14 @@ def sequence_similarity(
     """:func:`similarity_matrices` from the symbol sequences of ``shape[0] * shape[1]`` completions
     (row-major, as :func:`completion_sequences` returns them): shingles, then exact or MinHash Jaccard."""
     hashes, doc = shingle_hashes(values, lengths, ngram, seed)
+    return shingle_similarity(hashes, doc, shape, similarity, num_perm)
+
+
+def shingle_similarity(
+    hashes: np.ndarray, doc: np.ndarray, shape: tuple[int, int], similarity: str = "auto", num_perm: int = 128
+) -> np.ndarray:
+    """Jaccard matrices (n, G, G) from shingle hashes and the completion (row-major) each belongs to:
+    exact while completions average at most :data:`AUTO_EXACT_MAX_SHINGLES` shingles (``"auto"``), else MinHash."""
     n, g = shape
     if similarity == "auto":
         similarity = "jaccard" if hashes.size <= AUTO_EXACT_MAX_SHINGLES * max(n * g, 1) else "minhash"

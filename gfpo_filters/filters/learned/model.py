@@ -44,8 +44,11 @@ def _model_class() -> type:
 
         def __init__(self, n_buckets: int, dim: int, hidden: int, n_dense: int) -> None:
             super().__init__()
-            self.bag = nn.EmbeddingBag(n_buckets, dim, mode="sum", sparse=True)
+            # one more row: the padding id n_buckets (windows past a text's end), zero and never trained
+            self.bag = nn.EmbeddingBag(n_buckets + 1, dim, mode="sum", sparse=True, padding_idx=n_buckets)
             nn.init.normal_(self.bag.weight, std=0.1)
+            with torch.no_grad():
+                self.bag.weight[n_buckets].zero_()
             self.register_buffer("dense_mean", torch.zeros(n_dense))
             self.register_buffer("dense_std", torch.ones(n_dense))
             self.base = nn.Linear(n_dense, 1)
@@ -129,7 +132,7 @@ class HashedNgramScorer:
 
         dev = self.device
         counts = np.diff(feats.offsets)
-        weights = np.repeat(pooling_weights(counts, self.pooling).astype(np.float32), counts)
+        weights = np.repeat(pooling_weights(feats.sizes, self.pooling).astype(np.float32), counts)
         return self.model(
             torch.from_numpy(feats.ids).to(dev),
             torch.from_numpy(feats.offsets[:-1]).to(dev),
@@ -188,7 +191,7 @@ class HashedNgramScorer:
         some = np.flatnonzero(counts)
         if some.size:  # each text's sum runs over its own n-grams, in order
             pooled[some] = np.add.reduceat(bucket[feats.ids], feats.offsets[some])
-        pooled *= pooling_weights(counts, self.pooling)
+        pooled *= pooling_weights(feats.sizes, self.pooling)
         z = (feats.dense.astype(np.float64) - mean) / std
         out = pooled + bias
         for j in range(dense_w.size):  # column by column: no BLAS blocking that depends on the batch
