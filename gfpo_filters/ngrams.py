@@ -4,8 +4,8 @@ Two ideas, each written once:
 
 * :func:`word_hashes`: every text split into words (lower-cased ``\\w+`` runs, else one non-space
   character: the regular expression :data:`WORD_PATTERN`), each word a 64-bit hash of its UTF-8
-  bytes. Vectorised over the whole batch: the texts are joined into one byte buffer that numpy
-  classifies and cuts; Python touches only the distinct non-ASCII characters.
+  bytes. Vectorised over the whole batch: the texts are joined into one byte
+  buffer that numpy classifies and cuts; Python touches only the distinct non-ASCII characters.
 * :func:`ngram_hashes`: a seeded 64-bit hash of every window of ``n`` consecutive symbols.
 
 Both are pure functions of their input (no process-dependent hashing), so checkpoints of the
@@ -39,8 +39,13 @@ _BYTE_MASKS = np.array([(1 << (8 * k)) - 1 for k in range(8)] + [MASK64], dtype=
 
 def mix64(x: np.ndarray) -> np.ndarray:
     """splitmix64 finaliser on a uint64 array (wrapping arithmetic), a bijection of 64-bit words."""
+    return _mix64_inplace(x.copy())
+
+
+def _mix64_inplace(x: np.ndarray) -> np.ndarray:
+    """:func:`mix64` overwriting ``x`` (one temporary array instead of five)."""
     t = x >> U64(30)
-    x = x ^ t  # a new array: the input is left alone; the rest works in place
+    x ^= t
     x *= U64(0xBF58476D1CE4E5B9)
     np.right_shift(x, U64(27), out=t)
     x ^= t
@@ -64,12 +69,13 @@ def ngram_hashes(values: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     """
     a = values.view(np.uint64) + U64(1) if values.dtype == np.int64 else values.astype(np.uint64) + U64(1)
     span = max(a.size - n + 1, 0)
-    h = a[:span].copy()
+    h = a[:span] * P64 if n > 1 else a  # a new array either way: everything after works in place
     for j in range(1, n):
-        h *= P64
         h += a[j : j + span]
+        if j < n - 1:
+            h *= P64
     h ^= seed_word(seed)
-    return mix64(h)
+    return _mix64_inplace(h)
 
 
 def _classify_non_ascii(buf: np.ndarray, cls: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> None:
@@ -109,23 +115,18 @@ def word_hashes(texts: Sequence[str], lowercase: bool = True) -> tuple[np.ndarra
 
     Words are what ``re.findall(WORD_PATTERN, text.lower())`` returns. A word's hash is a function
     of its UTF-8 bytes alone: cut into 8-byte little-endian chunks ``w_0 … w_{m-1}`` (the last one
-    zero-padded), ``h = mix64(w_0 XOR L·P)`` for a word of ``L`` bytes, then ``h = mix64(h XOR w_k)``
-    for each further chunk.
+    zero-padded), ``h = mix64(w_0)``, then ``h = mix64(h XOR w_k)`` for each further chunk. (No word
+    but the NUL character holds a zero byte, so ``w_0`` also fixes the length of a short word.)
     """
-    joined = "\n".join(texts)
-    if joined.isascii():  # O(1) for a str; then every text has as many bytes as characters
-        sizes = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)) + 1  # + the separator
-        raw = (joined.lower() if lowercase else joined).encode("ascii") + b"\n" + bytes(8)
-    else:  # lower-casing may change a non-ASCII text's length: encode text by text
-        encoded = [(t.lower() if lowercase else t).encode("utf-8", "surrogatepass") for t in texts]
-        sizes = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)) + 1
-        raw = b"\n".join(encoded) + b"\n" + bytes(8)  # 8 zero bytes: every 8-byte read stays inside
+    encoded = [(t.lower() if lowercase else t).encode("utf-8", "surrogatepass") for t in texts]
+    raw = b"\n".join([*encoded, bytes(8)])  # a separator after each text, then 8 zero bytes for the reads below
     buf = np.frombuffer(raw, dtype=np.uint8)
+    text_ends = np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)) + 1) - 1
     cls = np.take(_ASCII_CLASS, buf)
     cls[-8:] = _SPACE  # the padding is not a word
     other_start = cls == _OTHER
     other_end = other_start.copy()
-    if not joined.isascii():
+    if not raw.isascii():
         _classify_non_ascii(buf, cls, other_start, other_end)
     word = cls == _WORD
     word_start = np.empty_like(word)  # a word character after a non-word one
@@ -140,7 +141,9 @@ def word_hashes(texts: Sequence[str], lowercase: bool = True) -> tuple[np.ndarra
     ends = np.flatnonzero(word_end) + 1  # every word has one first and one last byte
     n_bytes = ends - starts
     window = np.ndarray(shape=(buf.size - 7,), dtype="<u8", buffer=raw, strides=(1,))
-    h = mix64((window[starts] & _BYTE_MASKS[np.minimum(n_bytes, 8)]) ^ (n_bytes.astype(np.uint64) * P64))
+    h = window[starts]
+    h &= _BYTE_MASKS[np.minimum(n_bytes, 8)]
+    _mix64_inplace(h)
     longer = np.flatnonzero(n_bytes > 8)
     k = 1
     while longer.size:  # words longer than 8 bytes: one more chunk per round
@@ -148,6 +151,5 @@ def word_hashes(texts: Sequence[str], lowercase: bool = True) -> tuple[np.ndarra
         h[longer] = mix64(h[longer] ^ (window[starts[longer] + 8 * k] & _BYTE_MASKS[np.minimum(rest, 8)]))
         longer = longer[rest > 8]
         k += 1
-    bounds = np.cumsum(sizes)
-    counts = np.diff(np.searchsorted(starts, bounds), prepend=0)
+    counts = np.diff(np.searchsorted(starts, text_ends), prepend=0)
     return h, counts

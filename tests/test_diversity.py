@@ -364,7 +364,7 @@ def _py_word_hash(word: str) -> int:
 
     b = word.encode("utf-8", "surrogatepass")
     chunks = [int.from_bytes(b[i : i + 8].ljust(8, b"\0"), "little") for i in range(0, len(b), 8)]
-    h = mix(chunks[0] ^ ((len(b) * 0x9E3779B97F4A7C15) & m))
+    h = mix(chunks[0])
     for c in chunks[1:]:
         h = mix(h ^ c)
     return h

@@ -204,7 +204,10 @@ def jaccard_minhash(hashes: np.ndarray, doc: np.ndarray, n_groups: int, group_si
     g = group_size
     d = n_groups * g
     h = hashes
-    bins = ((h >> _U(32)) * _U(num_perm)) >> _U(32)
+    if num_perm & (num_perm - 1) == 0:  # a power of two: the same bins by one shift
+        bins = h >> _U(64 - num_perm.bit_length() + 1)
+    else:
+        bins = ((h >> _U(32)) * _U(num_perm)) >> _U(32)
     empty = np.iinfo(np.uint64).max
     sig = np.full(d * num_perm, empty, dtype=np.uint64)
     np.minimum.at(sig, doc * num_perm + bins.astype(np.int64), h)

@@ -20,8 +20,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--objective",
         choices=OBJECTIVES,
-        default="pairwise",
-        help="pairwise (default) or listwise: rank the completions of each prompt; pointwise: predict the target; "
+        default="listwise",
+        help="listwise (default) or pairwise: rank the completions of each prompt; pointwise: predict the target; "
         "relative: predict the target minus its prompt's mean",
     )
     parser.add_argument(

@@ -90,8 +90,8 @@ class HashedNgramScorer:
     model: Any  # HashedNgramModel
     dim: int
     hidden: int
-    objective: str = "pairwise"
-    loss: str = "pairwise"  # "pairwise", "listwise", "bce" (predicts P(reward = 1)) or "mse"
+    objective: str = "listwise"
+    loss: str = "listwise"  # "pairwise", "listwise", "bce" (predicts P(reward = 1)) or "mse"
     pooling: str = "mean"
     target: str = "reward"
     target_mean: float = 0.0
@@ -190,7 +190,7 @@ class HashedNgramScorer:
         pooled = np.zeros(counts.size)
         some = np.flatnonzero(counts)
         if some.size:  # each text's sum runs over its own n-grams, in order
-            pooled[some] = np.add.reduceat(bucket[feats.ids], feats.offsets[some])
+            pooled[some] = np.add.reduceat(bucket[feats.ids], feats.offsets[some], dtype=np.float64)
         pooled *= pooling_weights(feats.sizes, self.pooling)
         z = (feats.dense.astype(np.float64) - mean) / std
         out = pooled + bias

@@ -2,11 +2,12 @@
 
 Objectives (``objective=``):
 
-* ``"pairwise"`` (default): RankNet-style logistic loss on every pair of completions of the same
+* ``"pairwise"``: RankNet-style logistic loss on every pair of completions of the same
   prompt whose targets differ, ``log(1 + exp(-(ŷ_i - ŷ_j)))`` for ``y_i > y_j``, averaged within
   the group, then over groups: each mixed group counts once, however many pairs it has.
-* ``"listwise"``: ListNet-style cross-entropy between ``softmax(ŷ)`` over the group and
-  ``softmax`` of the group's standardised targets, averaged over mixed groups.
+* ``"listwise"`` (default): ListNet-style cross-entropy between ``softmax(ŷ)`` over the group and
+  ``softmax`` of the group's standardised targets, averaged over mixed groups. Chosen as the default
+  on validation prompts of gsm8k (``benchmarks/learned_tune.py``; pairwise was within 0.01).
 * ``"pointwise"``: predict each completion's target (logistic for 0/1 targets, else squared
   error on standardised targets): the objective of format-1 scorers.
 * ``"relative"``: squared error on the target minus its prompt's mean.
@@ -138,7 +139,7 @@ def train_scorer(
     prompt_keys: Sequence[Any],
     *,
     features: FeatureConfig | None = None,
-    objective: str = "pairwise",
+    objective: str = "listwise",
     dim: int = 16,
     hidden: int = 0,
     pooling: str = "mean",
