@@ -55,6 +55,13 @@ def _mix64_inplace(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def _mix64_int(x: int) -> int:
+    """:func:`mix64` of one Python int."""
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK64
+    return x ^ (x >> 31)
+
+
 def seed_word(seed: int) -> np.uint64:
     """A 64-bit word derived from ``seed`` (XOR-ed into hashes to pick a hash function)."""
     return mix64(np.array([(int(seed) * 0xD1B54A32D192ED03 + 0x632BE59BD9B4E019) & MASK64], dtype=np.uint64))[0]
@@ -67,7 +74,10 @@ def ngram_hashes(values: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     modulo 2⁶⁴ (``P`` = :data:`P64`), then ``mix64(h XOR seed_word(seed))``. Windows are taken over
     the array as given: the caller pads or masks so that no window spans two sequences.
     """
-    a = values.view(np.uint64) + U64(1) if values.dtype == np.int64 else values.astype(np.uint64) + U64(1)
+    if values.dtype in (np.int64, np.uint64):  # the same 64 bits, no copy before the addition
+        a = values.view(np.uint64) + U64(1)
+    else:
+        a = values.astype(np.uint64) + U64(1)
     span = max(a.size - n + 1, 0)
     h = a[:span] * P64 if n > 1 else a  # a new array either way: everything after works in place
     for j in range(1, n):
@@ -146,10 +156,15 @@ def word_hashes(texts: Sequence[str], lowercase: bool = True) -> tuple[np.ndarra
     _mix64_inplace(h)
     longer = np.flatnonzero(n_bytes > 8)
     k = 1
-    while longer.size:  # words longer than 8 bytes: one more chunk per round
+    while longer.size > 16:  # words longer than 8 bytes: one more chunk per round
         rest = n_bytes[longer] - 8 * k
-        h[longer] = mix64(h[longer] ^ (window[starts[longer] + 8 * k] & _BYTE_MASKS[np.minimum(rest, 8)]))
+        h[longer] = _mix64_inplace(h[longer] ^ (window[starts[longer] + 8 * k] & _BYTE_MASKS[np.minimum(rest, 8)]))
         longer = longer[rest > 8]
         k += 1
+    for i in longer.tolist():  # the few longest (a 1,000-digit number): the same chain with Python ints
+        x, start = int(h[i]), int(starts[i])
+        for j in range(start + 8 * k, int(ends[i]), 8):
+            x = _mix64_int(x ^ int.from_bytes(raw[j : min(j + 8, int(ends[i]))], "little"))
+        h[i] = x
     counts = np.diff(np.searchsorted(starts, text_ends), prepend=0)
     return h, counts

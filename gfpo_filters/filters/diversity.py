@@ -210,7 +210,9 @@ def jaccard_minhash(hashes: np.ndarray, doc: np.ndarray, n_groups: int, group_si
         bins = ((h >> _U(32)) * _U(num_perm)) >> _U(32)
     empty = np.iinfo(np.uint64).max
     sig = np.full(d * num_perm, empty, dtype=np.uint64)
-    np.minimum.at(sig, doc * num_perm + bins.astype(np.int64), h)
+    key = doc * num_perm
+    key += bins.view(np.int64)  # bins < num_perm: the same bits
+    np.minimum.at(sig, key, h)
     sig = sig.reshape(n_groups, g, num_perm)
     out = np.empty((n_groups, g, g))
     chunk = max(1, (1 << 22) // max(g * g * num_perm, 1))  # bounds the (chunk, G, G, bins) temporaries

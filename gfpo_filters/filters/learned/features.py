@@ -147,8 +147,8 @@ def group_features(texts: Sequence[str], shape: tuple[int, int], counts: np.ndar
 def bucket_ids(h: np.ndarray, n_buckets: int) -> np.ndarray:
     """``((h >> 32) * n_buckets) >> 32``: uniform 64-bit hashes to ids in ``[0, n_buckets)``."""
     if n_buckets & (n_buckets - 1) == 0:  # a power of two: the same ids, by one shift
-        return (h >> U64(64 - n_buckets.bit_length() + 1)).astype(np.int64)
-    return (((h >> U64(32)) * U64(n_buckets)) >> U64(32)).astype(np.int64)
+        return (h >> U64(64 - n_buckets.bit_length() + 1)).view(np.int64)  # < 2**63: the same bits
+    return (((h >> U64(32)) * U64(n_buckets)) >> U64(32)).view(np.int64)
 
 
 def featurize(texts: Sequence[str], shape: tuple[int, int], config: FeatureConfig) -> Features:

@@ -322,7 +322,12 @@ def train_scorer(
     history: list[dict[str, float]] = [
         {"epoch": 0, "train_loss": float("nan"), f"val_{metric}": value, "val_within": within}
     ]
-    print(f"epoch 0/{epochs} (dense features only)  val {metric} {value:.4f}  within-group {within:.4f}", file=stream)
+    label = "within-group AUC" if metric == "within" else metric
+
+    def summary(value: float, within: float) -> str:
+        return f"val {label} {value:.4f}" + ("" if metric == "within" else f"  within-group AUC {within:.4f}")
+
+    print(f"epoch 0/{epochs} (dense features only)  {summary(value, within)}", file=stream)
     best = value if np.isfinite(value) else -math.inf
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     best_epoch = 0
@@ -356,8 +361,7 @@ def train_scorer(
         record = {"epoch": epoch, "train_loss": total_loss / max(seen, 1), f"val_{metric}": value, "val_within": within}
         history.append(record)
         print(
-            f"epoch {epoch}/{epochs}  train loss {record['train_loss']:.4f}  val {metric} {value:.4f}  "
-            f"within-group {within:.4f}",
+            f"epoch {epoch}/{epochs}  train loss {record['train_loss']:.4f}  {summary(value, within)}",
             file=stream,
         )
         if np.isfinite(value) and value > best:
@@ -368,7 +372,7 @@ def train_scorer(
     print(
         f"best epoch {best_epoch}"
         f"{' (dense features only: the n-gram features did not help)' if best_epoch == 0 else ''}: "
-        f"val {metric} {best:.4f}",
+        f"val {label} {best:.4f}",
         file=stream,
     )
 
