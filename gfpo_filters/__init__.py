@@ -7,9 +7,8 @@ Importing this package loads numpy and pluggy only; torch and trl load when the 
 adapter (``gfpo_filters.trainer``) or a torch-backed filter is used.
 """
 
-__version__ = "0.1.0"
-
-from gfpo_filters.base import GroupFilter, finalize_scores
+from gfpo_filters._version import __version__
+from gfpo_filters.base import GroupFilter, check_filter_class, check_scores, finalize_scores
 from gfpo_filters.errors import (
     DuplicateFilterError,
     FilterOutputError,
@@ -38,6 +37,9 @@ __all__ = [
     "PluginLoadError",
     "PluginLoadWarning",
     "UnknownFilterError",
+    "__version__",
+    "check_filter_class",
+    "check_scores",
     "finalize_scores",
     "get_registry",
     "gfpo_advantages",

@@ -13,6 +13,7 @@ on a validated :class:`~gfpo_filters.groups.Groups` batch; this base class
 from __future__ import annotations
 
 import inspect
+import re
 import warnings
 from typing import Any, ClassVar
 
@@ -21,6 +22,9 @@ import numpy as np
 from gfpo_filters.errors import FilterOutputError, FilterParameterError, GFPOFilterWarning
 from gfpo_filters.groups import Groups
 from gfpo_filters.selection import topk_mask
+
+#: What a filter's ``name`` may look like: letters, digits, ``_``, ``-`` or ``.``, starting with a letter.
+NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
 
 
 class GroupFilter:
@@ -149,3 +153,20 @@ def finalize_scores(raw: Any, groups: Groups, filter_name: str) -> np.ndarray:
         span = scores.max(axis=1, keepdims=True) - scores.min(axis=1, keepdims=True) + 1.0
         scores = np.where(missing, scores - span, scores)
     return scores
+
+
+def check_filter_class(cls: Any) -> str | None:
+    """What is wrong with ``cls`` as a filter class (not a GroupFilter, a bad ``name``, no ``score``), or None.
+
+    The registry skips a plugin's class with this message; the conformance suite fails with it.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, GroupFilter)):
+        return f"{cls!r} is not a GroupFilter subclass"
+    if not isinstance(cls.name, str) or not NAME_PATTERN.match(cls.name):
+        return (
+            f"filter class {cls.__qualname__} has an invalid name {cls.name!r} (set a class attribute "
+            "'name' of letters, digits, '_', '-' or '.', starting with a letter)"
+        )
+    if cls.score is GroupFilter.score:
+        return f"filter class {cls.__qualname__} ({cls.name!r}) does not implement score(groups)"
+    return None

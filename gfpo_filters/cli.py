@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from gfpo_filters import __version__
+    from gfpo_filters._version import __version__
 
     parser = argparse.ArgumentParser(
         prog="gfpo-filters", description="Group filters for GFPO: list, benchmark, train and demo them."

@@ -31,7 +31,8 @@ from typing import Any
 import pluggy
 
 from gfpo_filters import hookspecs
-from gfpo_filters.base import GroupFilter
+from gfpo_filters._version import __version__
+from gfpo_filters.base import GroupFilter, check_filter_class
 from gfpo_filters.errors import (
     DuplicateFilterError,
     FilterParameterError,
@@ -56,8 +57,6 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "gfpo_filters.filters.learned",
     "gfpo_filters.filters.consensus",
 )
-
-_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
 
 
 @dataclass(frozen=True)
@@ -111,7 +110,6 @@ class Registry:
     conflicts: dict[str, tuple[FilterInfo, ...]] = field(default_factory=dict)
     problems: list[PluginProblem] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # external plugins left out by the environment
-    plugin_manager: pluggy.PluginManager | None = None
 
     def names(self) -> list[str]:
         return sorted(set(self.filters) | set(self.conflicts))
@@ -151,8 +149,6 @@ def _env_list(var: str) -> set[str] | None:
 
 
 def _package_version() -> str:
-    from gfpo_filters import __version__
-
     return __version__
 
 
@@ -161,7 +157,6 @@ def build_registry() -> Registry:
     reg = Registry()
     pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
-    reg.plugin_manager = pm
     origin: dict[str, tuple[str, str]] = {}  # plugin name -> (provider, version)
 
     for module_name in BUILTIN_PLUGINS:
@@ -209,7 +204,8 @@ def build_registry() -> Registry:
             reg.problems.append(PluginProblem(provider, impl.plugin_name, f"register_filters() raised {_err(e)}"))
             continue
         for cls in returned:
-            message = _check_filter_class(cls)
+            problem = check_filter_class(cls)
+            message = f"{problem}; it is ignored" if problem else None
             if message:
                 reg.problems.append(PluginProblem(provider, impl.plugin_name, message))
                 continue
@@ -227,19 +223,6 @@ def build_registry() -> Registry:
 
 def _err(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
-
-
-def _check_filter_class(cls: Any) -> str | None:
-    if not (isinstance(cls, type) and issubclass(cls, GroupFilter)):
-        return f"register_filters() returned {cls!r}, which is not a GroupFilter subclass; it is ignored"
-    if not isinstance(cls.name, str) or not _NAME_RE.match(cls.name):
-        return (
-            f"filter class {cls.__qualname__} has an invalid name {cls.name!r} (set a class attribute "
-            "'name' of letters, digits, '_', '-' or '.', starting with a letter); it is ignored"
-        )
-    if cls.score is GroupFilter.score:
-        return f"filter class {cls.__qualname__} ({cls.name!r}) does not implement score(groups); it is ignored"
-    return None
 
 
 # ---------------------------------------------------------------------- the shared instance
@@ -284,10 +267,6 @@ def list_filters() -> list[FilterInfo]:
     """Every usable filter, sorted by name (conflicting names are left out)."""
     reg = get_registry()
     return [reg.filters[n] for n in sorted(reg.filters)]
-
-
-def get_filter_class(name: str) -> type[GroupFilter]:
-    return get_registry().get(name).cls
 
 
 def load_filter(name: str, **params: Any) -> GroupFilter:

@@ -1,6 +1,6 @@
-"""Reading logged rollouts (JSON Lines, one prompt per line).
+"""Reading logged rollouts (JSON Lines, one prompt per line), for ``gfpo-filters bench`` and ``train-scorer``.
 
-Format (as in ``shared/data``)::
+Format (documented for users in ``docs/cli.md``, "The rollout format")::
 
     {"prompt": str | null, "prompt_id": ..., "completions": [
         {"text": str, "reward": float | null, "correct": bool | null, ...}, ...]}
@@ -128,8 +128,3 @@ def batches(rollouts: Sequence[RolloutGroup]) -> list[tuple[list[int], Groups]]:
     for i, g in enumerate(rollouts):
         by_size.setdefault(g.size, []).append(i)
     return [(idx, to_groups([rollouts[i] for i in idx])) for _, idx in sorted(by_size.items(), reverse=True)]
-
-
-def correct_array(rollouts: Sequence[RolloutGroup]) -> np.ndarray:
-    """(n, G) float array of correctness (NaN where unknown) for same-size rollouts."""
-    return np.array([g.correct for g in rollouts], dtype=np.float64)

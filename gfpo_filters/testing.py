@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from gfpo_filters.base import GroupFilter
+from gfpo_filters.base import GroupFilter, check_filter_class
 from gfpo_filters.errors import GFPOFilterWarning
 from gfpo_filters.selection import ranks
 
@@ -486,17 +486,12 @@ def _missing_last(arr: np.ndarray, case: Case) -> tuple[int, str] | None:
     "metadata", "the class declares name, description and deterministic, and an instance can be rebuilt from its params"
 )
 def _check_metadata(subject: Subject, seed: int) -> None:
-    from gfpo_filters.registry import _NAME_RE
-
     cls = subject.cls
-    if not isinstance(cls.name, str) or not _NAME_RE.match(cls.name):
-        raise _Broken(
-            f"class attribute name = {cls.name!r}: set a name of letters, digits, '_', '-' or '.', starting with a letter"  # noqa: E501
-        )
+    problem = check_filter_class(cls)
+    if problem:
+        raise _Broken(problem)
     if not isinstance(cls.description, str) or not cls.description.strip():
         raise _Broken(f"class attribute description = {cls.description!r}: set a one-line description")
-    if cls.score is GroupFilter.score:
-        raise _Broken("score(groups) is not implemented")
     try:
         f = subject.make()
     except Exception as e:  # noqa: BLE001

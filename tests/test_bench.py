@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import sys
 import types
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 
 from gfpo_filters import GroupFilter, hookimpl, registry
-from gfpo_filters.bench import BenchUsageError, Progress, parse_filter_specs, parse_ks, synthetic_rollouts
+from gfpo_filters.bench import BenchUsageError, parse_filter_specs, parse_ks, synthetic_rollouts
 from gfpo_filters.cli import main
 
 EPS = 1e-4
@@ -282,10 +281,23 @@ class _Explodes(GroupFilter):
         raise RuntimeError("boom")
 
 
+class _FirstFirst(GroupFilter):
+    """Raw scores G-1, ..., 1, 0 whatever the rewards: it does not put missing rewards last itself."""
+
+    name = "first_first"
+    description = "prefers earlier completions"
+
+    def __call__(self, group_completions, group_rewards, **kwargs):
+        return [[float(len(c) - j) for j in range(len(c))] for c in group_completions]
+
+    def score(self, groups):
+        raise AssertionError("not called")
+
+
 @pytest.fixture
 def extra_filters(monkeypatch):
     module = types.ModuleType("bench_test_plugin")
-    module.register_filters = hookimpl(lambda: [_Spy, _Explodes])
+    module.register_filters = hookimpl(lambda: [_Spy, _Explodes, _FirstFirst])
     monkeypatch.setitem(sys.modules, "bench_test_plugin", module)
     monkeypatch.setattr(registry, "BUILTIN_PLUGINS", registry.BUILTIN_PLUGINS + ("bench_test_plugin",))
     registry.reset_registry()
@@ -329,6 +341,16 @@ def test_a_failing_filter_is_reported_and_the_others_still_run(extra_filters, ti
     assert "filter 'explodes', k=2: RuntimeError: boom" in err
 
 
+def test_missing_rewards_are_kept_last_as_the_trainer_keeps_them(extra_filters, tmp_path, capsys):
+    path = _write(tmp_path / "m.jsonl", [_group([1, 2, 3, 4], [None, 1.0, 0.0, 1.0])])
+    rc, recs, _ = bench_json(capsys, "--data", path, "-f", "first_first", "-k", "2")
+    r = recs[0]
+    # The filter ranks completion 0 first, but its reward is missing: the kept set is completions 1 and 2.
+    assert rc == 0 and r["kept_length_mean"] == pytest.approx((2 + 3) / 2)
+    assert r["kept_reward_mean"] == pytest.approx(0.5) and r["signal_fraction"] == 1.0
+    assert r["length_pressure_gfpo"] == pytest.approx((A * 2 - A * 3) / 2)
+
+
 def test_table_markdown_and_progress(tiny, capsys):
     assert main(["bench", "--data", tiny, "-f", "length,reward", "-k", "2", "--repeat", "1", "--progress"]) == 0
     out, err = capsys.readouterr()
@@ -337,6 +359,8 @@ def test_table_markdown_and_progress(tiny, capsys):
     assert lines[1].split()[:3] == ["filter", "k", "len"]
     assert lines[3].split()[:3] == ["length", "2", "0.600"]
     assert "bench [" in err and "2/2 tiny.jsonl: reward k=2" in err
+    assert "\rbench [############............] 1/2 tiny.jsonl: length k=2" in err  # half done, half filled
+    assert err.endswith("\r")  # the bar is cleared when the jobs are done
     saved = tiny + ".out.json"
     assert (
         main(
@@ -363,13 +387,9 @@ def test_table_markdown_and_progress(tiny, capsys):
     with open(saved) as f:
         assert [(r["filter"], r["kept_length_ratio"]) for r in json.load(f)] == [("length", pytest.approx(0.6))]
 
-    stream = io.StringIO()
-    p = Progress(2, stream=stream, width=4)
-    p.update("a")
-    p.update("bb")
-    p.close()
-    assert stream.getvalue().startswith("\rbench [....] 1/2 a\rbench [##..] 2/2 bb")
-    assert stream.getvalue().endswith("\r")
+    # No bar unless asked for or stderr is a terminal (here it is not).
+    assert main(["bench", "--data", tiny, "-f", "length", "-k", "2", "--repeat", "1"]) == 0
+    assert "bench [" not in capsys.readouterr().err
 
 
 def test_plot_needs_matplotlib(tiny, capsys, monkeypatch):

@@ -1,0 +1,127 @@
+"""The engine-neutral GFPO step: hand-computed kept sets, advantages and metrics."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from gfpo_filters import FilterOutputError, load_filter
+from gfpo_filters.adaptive import AdaptiveK
+from gfpo_filters.step import gfpo_step, group_rows, has_signal, resolve_filter, selection_metrics
+
+NAN = float("nan")
+
+
+def test_length_filter_keeps_the_shortest_and_standardises_over_the_kept_set():
+    ids = [[[1] * 5, [1] * 2, [1] * 9, [1] * 3], [[1] * 4, [1] * 4, [1] * 1, [1] * 7]]
+    rewards = np.array([[1.0, 0.0, 1.0, 1.0], [0.0, 1.0, 1.0, 0.0]])
+    result = gfpo_step(load_filter("length"), completions=[["a"] * 4] * 2, rewards=rewards, k=2, completion_ids=ids)
+    # Group 0: lengths 5 2 9 3 -> keep 2 and 3 (rows 1, 3); group 1: lengths 4 4 1 7 -> keep 1, then the earlier 4.
+    np.testing.assert_array_equal(result.kept, [[False, True, False, True], [True, False, True, False]])
+    # Kept rewards {0, 1}: mean 0.5, population std 0.5 -> advantages -1 and +1 (eps 1e-4 in the denominator).
+    a = 0.5 / (0.5 + 1e-4)
+    np.testing.assert_allclose(result.advantages, [[0, -a, 0, a], [-a, 0, a, 0]])
+    np.testing.assert_array_equal(result.k, [2, 2])
+    m = result.metrics
+    assert m["gfpo/kept_length_mean"] == pytest.approx((2 + 3 + 4 + 1) / 4)
+    assert m["gfpo/all_length_mean"] == pytest.approx((5 + 2 + 9 + 3 + 4 + 4 + 1 + 7) / 8)
+    assert m["gfpo/kept_reward_mean"] == pytest.approx(0.5)
+    assert m["gfpo/frac_kept_zero_std"] == 0.0
+    assert m["gfpo/kept_fraction"] == 0.5
+    assert m["gfpo/filter_seconds"] >= 0
+
+
+def test_k_per_group_and_missing_rewards_rank_last():
+    rewards = np.array([[1.0, NAN, 0.5, 0.0], [0.2, 0.4, 0.6, 0.8]])
+    result = gfpo_step(load_filter("reward"), completions=[["x"] * 4] * 2, rewards=rewards, k=[3, 2])
+    # Group 0 keeps its three known rewards, never the missing one; group 1 keeps the two highest.
+    np.testing.assert_array_equal(result.kept, [[True, False, True, True], [False, False, True, True]])
+    assert result.advantages[0, 1] == 0.0
+    assert result.metrics["gfpo/missing_reward_frac"] == pytest.approx(1 / 8)
+
+
+def test_a_plain_callable_gets_lists_and_only_the_arguments_it_takes():
+    seen = {}
+
+    def prefer_last(group_completions, group_rewards, num_remains_in_group):
+        seen.update(rewards=group_rewards, k=num_remains_in_group)
+        return [list(range(len(g))) for g in group_completions]
+
+    rewards = np.array([[1.0, NAN, 0.0]])
+    result = gfpo_step(prefer_last, completions=[["a", "b", "c"]], rewards=rewards, k=2, lengths=np.ones((1, 3)))
+    assert isinstance(seen["rewards"], list) and seen["rewards"][0][0] == 1.0 and math.isnan(seen["rewards"][0][1])
+    assert seen["k"] == 2
+    # Scores 0, 1, 2, but completion 1 has no reward: kept are 2 and then 0.
+    np.testing.assert_array_equal(result.kept, [[True, False, True]])
+
+
+def test_sync_scores_decides_the_selection():
+    # On many processes the engine replaces local scores by process 0's: the step must use what it returns.
+    rewards = np.array([[0.0, 1.0, 0.0, 1.0]])
+    result = gfpo_step(
+        load_filter("reward"),
+        completions=[["a"] * 4],
+        rewards=rewards,
+        k=2,
+        sync_scores=lambda s: np.array([[4.0, 3.0, 2.0, 1.0]]),
+    )
+    np.testing.assert_array_equal(result.kept, [[True, True, False, False]])
+
+
+def test_adaptive_k_comes_from_the_window_after_warmup():
+    adaptive = AdaptiveK([4, 3, 3, 2], warmup_k=2, warmup_steps=1)
+    rewards = np.array([[0.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 0.0]] * 2)
+    warm = gfpo_step(
+        load_filter("length"), completions=[["a"] * 4] * 4, rewards=rewards, k=2, adaptive=adaptive, global_step=0
+    )
+    np.testing.assert_array_equal(warm.k, [2, 2, 2, 2])
+    after = gfpo_step(
+        load_filter("length"), completions=[["a"] * 4] * 4, rewards=rewards, k=2, adaptive=adaptive, global_step=1
+    )
+    # Difficulties 0.25 and 0.75 in equal numbers: mid-rank percentiles 0.25 (hard) and 0.75 (easy).
+    np.testing.assert_array_equal(after.buckets, [1, 3, 1, 3])
+    np.testing.assert_array_equal(after.k, [3, 2, 3, 2])
+    assert after.metrics["gfpo/bucket_hard_frac"] == 0.5 and after.metrics["gfpo/bucket_easy_frac"] == 0.5
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"k": 5}, r"k=5 for group 0 is out of range: groups have 4 completions"),
+        ({"k": [2]}, r"k must be one int or 2 ints"),
+        ({"k": 2, "completions": [["a"] * 4]}, r"completions must be 2 groups of 4"),
+        ({"k": 2, "lengths": np.ones((2, 3))}, r"lengths have shape \(2, 3\); expected \(2, 4\)"),
+    ],
+)
+def test_bad_batches_are_named(kwargs, match):
+    call = {"completions": [["a"] * 4] * 2, "rewards": np.zeros((2, 4)), **kwargs}
+    with pytest.raises(ValueError, match=match):
+        gfpo_step(load_filter("length"), **call)
+
+
+def test_a_filter_returning_the_wrong_shape_is_named():
+    def bad(group_completions, group_rewards):
+        return [[0.0, 1.0]]
+
+    with pytest.raises(
+        FilterOutputError, match=r"filter '\S*<locals>.bad' returned scores of shape \(1, 2\); expected"
+    ):
+        gfpo_step(bad, completions=[["a", "b", "c"]], rewards=np.zeros((1, 3)), k=2)
+
+
+def test_helpers():
+    assert group_rows([1, 2, 3, 4, 5, 6], 3) == [[1, 2, 3], [4, 5, 6]]
+    with pytest.raises(ValueError, match="5 rows do not form whole groups of 2"):
+        group_rows([1, 2, 3, 4, 5], 2)
+    rewards = np.array([[1.0, 1.0, 0.0], [1.0, NAN, 1.0]])
+    np.testing.assert_array_equal(has_signal(rewards, np.ones((2, 3), bool)), [True, False])
+    np.testing.assert_array_equal(has_signal(rewards, [[True, True, False], [True, True, True]]), [False, False])
+    m = selection_metrics(
+        rewards, np.ones((2, 3)), np.array([[True, False, True], [True, True, False]]), np.array([2, 2])
+    )
+    assert m["gfpo/frac_kept_zero_std"] == 0.5
+    assert resolve_filter("reward", {"threshold": 0.5}).threshold == 0.5
+    with pytest.raises(ValueError, match="need a filter name"):
+        resolve_filter(lambda **kw: None, {"x": 1})
