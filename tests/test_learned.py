@@ -291,6 +291,7 @@ def test_bad_training_settings():
     texts, rewards, keys = flat(synthetic(10))
     with pytest.raises(ValueError, match="relative=True predicts reward differences"):
         fit(texts, rewards, keys, relative=True, loss="bce")
+    assert fit(texts, rewards, keys, relative=True, loss="mse", epochs=1).scorer.objective == "relative"
     with pytest.raises(ValueError, match="objective must be one of"):
         fit(texts, rewards, keys, objective="ranknet")
     with pytest.raises(ValueError, match="loss='bce' applies to objective='pointwise' only"):

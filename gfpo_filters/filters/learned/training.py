@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -76,6 +77,11 @@ class _Batchable:
     order: np.ndarray  # position -> index of the example in the input
     members: np.ndarray  # (n_groups, G_max) int64
     keys: list[str]  # prompt key of each group
+
+    def grouped(self, values: np.ndarray) -> np.ndarray:
+        """``values`` (one per position) as (n_groups, G_max), NaN in the padding."""
+        padded = self.members < 0
+        return np.where(padded, np.nan, values[np.where(padded, 0, self.members)])
 
 
 def _layout(texts: Sequence[str], keys: list[str], config: FeatureConfig) -> _Batchable:
@@ -133,6 +139,32 @@ def _objective_loss(objective: str, s: Any, y: Any, valid: Any) -> Any:
     return per_group.mean() if per_group.numel() else None
 
 
+def _loss_and_metric(objective: str, loss: str, binary: bool, target_name: str) -> tuple[str, str, str]:
+    """The loss stored in the checkpoint, the loss computed, and the metric that picks the epoch."""
+    if objective == "pointwise":
+        loss = ("bce" if binary else "mse") if loss == "auto" else loss
+        if loss == "bce" and not binary:
+            raise ValueError(f"train_scorer: loss='bce' needs 0/1 targets, but the {target_name}s take other values")
+        return loss, ("pointwise_bce" if loss == "bce" else "mse"), ("auc" if binary else "spearman")
+    if objective == "relative":
+        return "mse", "mse", "within"
+    return objective, objective, "within"
+
+
+def _held_out_report(
+    scorer: HashedNgramScorer, texts: list[str], sizes: np.ndarray, feats: Features, y: np.ndarray, target_name: str
+) -> dict[str, Any]:
+    """The validation report of ``scorer`` on held-out groups laid out one after another (``sizes``)."""
+    consensus = np.empty(len(texts))
+    start = 0
+    for size in sizes.tolist():  # one group at a time: validation is small
+        consensus[start : start + size] = consensus_scores(texts[start : start + size], (1, size))[0]
+        start += size
+    keys = np.repeat(np.arange(sizes.size), sizes)
+    scores = scorer.output_to_score(scorer.raw_output(feats))
+    return validation_report(scores, y, keys, [len(t) for t in texts], consensus, target_name)
+
+
 def train_scorer(
     texts: Sequence[str],
     targets: Sequence[float],
@@ -171,6 +203,7 @@ def train_scorer(
         if loss == "bce":
             raise ValueError("train_scorer: relative=True predicts reward differences; use loss='mse' or 'auto'")
         objective = "relative"
+        loss = "auto"  # relative is always squared error ("mse" was the only loss it took)
     features = features or FeatureConfig()
     features.validate("train_scorer")
     if objective not in OBJECTIVES:
@@ -202,22 +235,12 @@ def train_scorer(
 
     # what is fitted, and how
     members, padded = data.members, data.members < 0
-    safe = np.where(padded, 0, members)
-    if objective == "pointwise":
-        loss = ("bce" if binary else "mse") if loss == "auto" else loss
-        if loss == "bce" and not binary:
-            raise ValueError(f"train_scorer: loss='bce' needs 0/1 targets, but the {target_name}s take other values")
-        kind = "pointwise_bce" if loss == "bce" else "mse"
-        metric = "auc" if binary else "spearman"
-    elif objective == "relative":
-        loss, kind, metric = "mse", "mse", "within"
-    else:
-        loss, kind, metric = objective, objective, "within"
+    loss, kind, metric = _loss_and_metric(objective, loss, binary, target_name)
     y_fit = y.copy()
-    if objective == "relative":
-        gy = np.where(padded | ~finite[safe], np.nan, y[safe])
-        with np.errstate(invalid="ignore"):
-            gmean = np.nanmean(np.where(np.isnan(gy).all(axis=1, keepdims=True), 0.0, gy), axis=1)
+    if objective == "relative":  # the target minus its group's mean
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # groups without any target
+            gmean = np.nan_to_num(np.nanmean(data.grouped(y), axis=1))
         row_of = np.empty(y.size, dtype=np.int64)
         row_of[members[~padded]] = np.nonzero(~padded)[0]
         y_fit = y - gmean[row_of]
@@ -246,15 +269,13 @@ def train_scorer(
     model.dense_std.copy_(torch.from_numpy(np.maximum(dense_train.std(axis=0), 1e-6)))
     y_t = torch.from_numpy(np.where(finite, (y_fit - t_mean) / t_std, 0.0).astype(np.float32))
 
-    group_val = is_val[safe[:, 0]]
-    group_has = (~padded & finite[safe]).sum(axis=1)
-    if objective in RANKING:  # only groups with two different targets teach a ranking
-        gy = np.where(padded | ~finite[safe], np.nan, y[safe])
-        with np.errstate(invalid="ignore"):
-            spread = np.nanmax(gy, axis=1) - np.nanmin(gy, axis=1)
-        usable = np.nan_to_num(spread) > 0
-    else:
-        usable = group_has > 0
+    group_val = is_val[members[:, 0]]
+    targets_by_group = data.grouped(y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # groups without any target
+        spread = np.nan_to_num(np.nanmax(targets_by_group, axis=1) - np.nanmin(targets_by_group, axis=1))
+    # ranking objectives learn only from groups with two different targets; the others from any target
+    usable = spread > 0 if objective in RANKING else np.isfinite(targets_by_group).any(axis=1)
     train_groups = np.flatnonzero(~group_val & usable)
     val_groups = np.flatnonzero(group_val)
     if train_groups.size == 0:
@@ -378,20 +399,8 @@ def train_scorer(
 
     # the report: held-out prompts, the scorer against simple rankings
     val_texts = [texts[i] for i in data.order[val_pos]]
-    consensus = np.empty(val_pos.size)
     sizes = (~padded[val_groups]).sum(axis=1)
-    start = 0
-    for size in sizes:  # groups of one size at a time would be faster; validation is small
-        consensus[start : start + size] = consensus_scores(val_texts[start : start + size], (1, int(size)))[0]
-        start += size
-    report = validation_report(
-        scorer.output_to_score(scorer.raw_output(val_feats)),
-        val_y,
-        val_keys,
-        [len(t) for t in val_texts],
-        consensus,
-        target_name,
-    )
+    report = _held_out_report(scorer, val_texts, sizes, val_feats, val_y, target_name)
     print(format_report(report), file=stream)
     train_index = np.sort(data.order[train_ex])
     val_index = np.sort(data.order[is_val & finite])
