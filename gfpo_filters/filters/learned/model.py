@@ -211,7 +211,7 @@ class HashedNgramScorer:
 
     # ------------------------------------------------------------------ checkpoints
     def to_checkpoint(self) -> dict[str, Any]:
-        from gfpo_filters import __version__
+        from gfpo_filters._version import __version__
 
         return {
             "format": FORMAT,
