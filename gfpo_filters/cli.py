@@ -17,7 +17,7 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "list": ("gfpo_filters.cli", "List the registered filters and the plugins that provide them."),
     "train-scorer": (
-        "gfpo_filters.scorer",
+        "gfpo_filters.filters.learned.cli",
         "Train the built-in learned scorer on logged rollouts (for the 'learned' filter).",
     ),
     "bench": (

@@ -55,6 +55,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "gfpo_filters.filters.combine",
     "gfpo_filters.filters.diversity",
     "gfpo_filters.filters.learned",
+    "gfpo_filters.filters.consensus",
 )
 
 

@@ -1,7 +1,7 @@
-"""Worker for the two-process test: ``torchrun --nproc_per_node 2 tests/distributed_worker.py OUT_DIR``.
+"""Worker for the two-process tests: ``torchrun --nproc_per_node 2 tests/distributed_worker.py OUT_DIR [MODE]``.
 
-One group of G = 8 completions spans both processes (4 rows each). The filter keeps the first
-four, which all live on process 0, so process 1 holds none of the kept rows itself. Each process
+MODE ``selection`` (default): one group of G = 8 completions spans both processes (4 rows each). The filter
+keeps the first four, which all live on process 0, so process 1 holds none of the kept rows itself. Each process
 writes what it saw to OUT_DIR/rank{N}.json for the test to compare.
 """
 
@@ -12,12 +12,21 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gfpo_filters.trainer import GFPOTrainer  # noqa: E402
-from tests.trainer_utils import Recorder, capture_batches, decode_rows, tiny_args, tiny_parts  # noqa: E402
+from tests.trainer_utils import (  # noqa: E402
+    LOSS_TYPES,
+    Recorder,
+    StepRecorder,
+    capture_batches,
+    decode_rows,
+    tiny_args,
+    tiny_parts,
+)
 
 G, K = 8, 4
 
@@ -77,6 +86,143 @@ def main(out_dir: str) -> None:
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"steps": steps}))
 
 
+def padding(out_dir: str) -> None:
+    """MODE ``padding``: per loss type, one step in which 9 kept rows are shared 5 + 4 (process 1 pads one row).
+
+    Each process saves its micro-batches, their losses, the gradient after DDP's average, and its padding rows to
+    OUT_DIR/{loss_type}-rank{N}.pt; the test compares them with TRL's loss on the kept rows without padding.
+    """
+    for loss_type, settings in LOSS_TYPES.items():
+        parts = tiny_parts()
+        args = tiny_args(
+            out_dir,
+            per_device_train_batch_size=6,  # 12 rows = 3 groups of 4, each split over both processes
+            loss_type=loss_type,
+            max_grad_norm=0.0,
+            ddp_backend="gloo",
+            **settings,
+        )
+        trainer = GFPOTrainer(
+            model=parts["model"],
+            reward_funcs=[Recorder()],
+            args=args,
+            train_dataset=parts["train_dataset"],
+            processing_class=parts["processing_class"],
+            group_filter_func="length",
+        )
+        step = StepRecorder(trainer)
+        batches = capture_batches(trainer)
+        trainer.train()
+        rank = trainer.accelerator.process_index
+        torch.save(
+            {
+                "micro_batches": [
+                    {k: v.cpu() if torch.is_tensor(v) else v for k, v in b.items()} for b in step.micro_batches
+                ],
+                "losses": step.losses,
+                "grads": {k: v.cpu() for k, v in step.grads.items()},
+                "padding_rows": int((batches[0]["completion_mask"].sum(dim=1) == 0).sum()),
+            },
+            Path(out_dir, f"{loss_type}-rank{rank}.pt"),
+        )
+
+
+def feature_runs() -> tuple[str, ...]:
+    """The runs of MODE ``features`` on the installed TRL (TRL 1.7.1's own GRPOTrainer fails on the tiny LLaVA)."""
+    import trl
+    from packaging.version import Version
+
+    return ("tools", "vlm") if Version(trl.__version__) >= Version("1.8") else ("tools",)
+
+
+def features(out_dir: str) -> None:
+    """MODE ``features``: multi-turn tools and a vision-language model on two processes, uneven shares.
+
+    3 groups of 4 over two processes (6 rows each), k = 3: 9 kept rows are shared 5 + 4. Each process saves the
+    rows it generated (before filtering), the kept mask, and the rows it trained to OUT_DIR/{run}-rank{N}.json.
+    """
+    import os
+
+    from gfpo_filters.selection import topk_mask
+    from tests.test_trainer_features import Spy, multiply, used_a_tool
+    from tests.trainer_utils import (
+        ScriptedGenerate,
+        build_chat_model,
+        build_chat_tokenizer,
+        build_tiny_vlm,
+        image_dataset,
+        reward_of,
+        tool_call,
+    )
+
+    os.environ["TRL_EXPERIMENTAL_SILENCE"] = "1"
+    turns = [tool_call("multiply", a=3, b=4), "No.<|im_end|>", tool_call("multiply", a=3, c=4)]
+    for run in feature_runs():
+        spy = Spy("length")
+        args = tiny_args(out_dir, per_device_train_batch_size=6, ddp_backend="gloo", max_completion_length=128)
+        if run == "tools":
+            from tests.test_trainer_features import chat_dataset
+
+            tokenizer = build_chat_tokenizer()
+            model, processing_class, dataset = build_chat_model(tokenizer), tokenizer, chat_dataset()
+            extra = {"reward_funcs": [used_a_tool], "tools": [multiply]}
+        else:
+            model, processing_class = build_tiny_vlm()
+            tokenizer, dataset = processing_class.tokenizer, image_dataset()
+            extra = {"reward_funcs": [lambda completions, **kw: [reward_of(c[0]["content"]) for c in completions]]}
+        trainer = GFPOTrainer(
+            model=model, args=args, processing_class=processing_class, train_dataset=dataset,
+            group_filter_func=spy, **extra,
+        )  # fmt: skip
+        if run == "tools":
+            trainer.model.generate = ScriptedGenerate(tokenizer, turns)
+        seen, original = [], trainer._filter_batch
+
+        def wrapped(output, *rest, seen=seen, original=original):
+            seen.append({k: v.clone() if torch.is_tensor(v) else v for k, v in output.items()})
+            return original(output, *rest)
+
+        trainer._filter_batch = wrapped
+        batches = capture_batches(trainer)
+        trainer.train()
+        rank = trainer.accelerator.process_index
+
+        def rows(batch, tokenizer=tokenizer):
+            out = []
+            for i in range(len(batch["completion_ids"])):
+                mask = batch["completion_mask"][i].bool()
+                if not mask.any():
+                    continue  # a padding row
+                n = int(mask.sum())
+                row = {
+                    "prompt": tokenizer.decode(batch["prompt_ids"][i][batch["prompt_mask"][i].bool()]),
+                    "completion": batch["completion_ids"][i][:n].tolist(),
+                    "tool_mask": batch["tool_mask"][i][:n].tolist() if "tool_mask" in batch else None,
+                }
+                if "pixel_values" in batch:
+                    row["pixels"] = batch["pixel_values"][i].flatten()[:8].tolist()
+                out.append(row)
+            return out
+
+        call = spy.calls[0]
+        scores = np.asarray(spy.inner(group_completions=call["group_completions"], group_rewards=call["group_rewards"],
+                                      completion_lengths=call["completion_lengths"]))  # fmt: skip
+        kept = topk_mask(scores, 3, valid=np.isfinite(np.asarray(call["group_rewards"], dtype=float)))
+        Path(out_dir, f"{run}-rank{rank}.json").write_text(
+            json.dumps(
+                {
+                    "generated": rows(seen[0]),
+                    "kept": kept.tolist(),
+                    "trained": rows(batches[0]),
+                    "padding_rows": int((batches[0]["completion_mask"].sum(dim=1) == 0).sum()),
+                    "batch_rows": len(batches[0]["advantages"]),
+                }
+            )
+        )
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    main(sys.argv[1])
+    {"selection": main, "padding": padding, "features": features}[sys.argv[2] if len(sys.argv) > 2 else "selection"](
+        sys.argv[1]
+    )

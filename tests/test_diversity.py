@@ -350,3 +350,42 @@ def test_fewer_near_duplicates_than_random_on_gsm8k(data_dir):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no empty completions in this data set
         load_filter("diversity", unit="words").score_groups(groups)
+
+
+# ---------------------------------------------------------------------- words (gfpo_filters.ngrams)
+def _py_word_hash(word: str) -> int:
+    """The documented word hash, with Python ints."""
+    m = (1 << 64) - 1
+
+    def mix(x: int) -> int:
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & m
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & m
+        return x ^ (x >> 31)
+
+    b = word.encode("utf-8", "surrogatepass")
+    chunks = [int.from_bytes(b[i : i + 8].ljust(8, b"\0"), "little") for i in range(0, len(b), 8)]
+    h = mix(chunks[0])
+    for c in chunks[1:]:
+        h = mix(h ^ c)
+    return h
+
+
+def test_word_hashes_split_like_the_regex_and_hash_the_bytes():
+    from gfpo_filters.ngrams import WORD_PATTERN, word_hashes
+
+    texts = [
+        "Hello, world!  x_1=2.5",
+        "",
+        "naïve café — déjà vu… 数学 ９ abcdefghijklmnopqrstuvwxyz0123456789_long",
+        "a\u00a0b\u2003c\x1cd",  # Unicode spaces and \x1c are \s: they separate words
+        "İstanbul ΣΑΣ 🙂🙂 a🙂b",
+        "\x00 tab\tend\n",
+    ]
+    rng = np.random.default_rng(0)
+    alphabet = list("ab _.,\n\t9é—数\u00a0🙂İ")
+    texts += ["".join(rng.choice(alphabet, int(rng.integers(0, 30)))) for _ in range(200)]
+    hashes, counts = word_hashes(texts)
+    words = [re.findall(WORD_PATTERN, t.lower()) for t in texts]
+    assert counts.tolist() == [len(w) for w in words]
+    assert hashes.tolist() == [_py_word_hash(w) for ws in words for w in ws]
+    assert word_hashes(["ABC abc"], lowercase=False)[0][0] != word_hashes(["ABC abc"], lowercase=False)[0][1]

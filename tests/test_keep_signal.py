@@ -240,6 +240,9 @@ def test_config_rejects_an_unknown_mode(tmp_path):
 
     with pytest.raises(ValueError, match="keep_signal must be True, False or one of"):
         tiny_args(str(tmp_path), keep_signal="sometimes")
+    with pytest.raises(ValueError, match="keep_signal='group_baseline' .*normalize_then_sum"):
+        tiny_args(str(tmp_path), keep_signal="group_baseline", multi_objective_aggregation="normalize_then_sum")
+    assert tiny_args(str(tmp_path), keep_signal=True, multi_objective_aggregation="normalize_then_sum")
 
 
 # ---------------------------------------------------------------------- gfpo-filters bench --keep-signal

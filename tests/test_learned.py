@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import io
+import json
+import re
 import subprocess
 import sys
-import zlib
 
 import numpy as np
 import pytest
@@ -16,17 +17,11 @@ torch.set_num_threads(1)
 from gfpo_filters import FilterOutputError, FilterParameterError, GroupInputError, load_filter  # noqa: E402
 from gfpo_filters.cli import main as cli_main  # noqa: E402
 from gfpo_filters.filters.learned import CompletionBatch  # noqa: E402
+from gfpo_filters.filters.learned.features import FeatureConfig, featurize  # noqa: E402
+from gfpo_filters.filters.learned.model import FORMAT_VERSION, ScorerCheckpointError  # noqa: E402
+from gfpo_filters.filters.learned.report import roc_auc, within_group_auc  # noqa: E402
+from gfpo_filters.filters.learned.training import split_by_prompt, train_scorer  # noqa: E402
 from gfpo_filters.rollouts import RolloutGroup, write_rollouts  # noqa: E402
-from gfpo_filters.scorer import (  # noqa: E402
-    FORMAT_VERSION,
-    FeatureConfig,
-    ProgressBar,
-    ScorerCheckpointError,
-    featurize,
-    roc_auc,
-    split_by_prompt,
-    train_scorer,
-)
 
 FILLER = "the a of to and in is it that for on with as was at by an be this from or".split()
 SMALL = FeatureConfig(n_buckets=1 << 12, ngram_max=2)
@@ -49,6 +44,28 @@ def synthetic(n_prompts: int, g: int = 4, seed: int = 0):
     return groups
 
 
+def confounded(n_prompts: int, g: int = 4, seed: int = 0):
+    """A marker word ('zq') decides the winner within each group, while length and prompt difficulty
+    vary: easy prompts have long completions, mostly right; hard ones short, mostly wrong; within a
+    group the right ones are longer in half of the prompts and shorter in the others."""
+    rng = np.random.default_rng(seed)
+    texts, rewards, keys = [], [], []
+    for p in range(n_prompts):
+        easy = p % 2 == 0
+        n_good = int(rng.integers(2, g)) if easy else int(rng.integers(1, g - 1))
+        good_longer = rng.random() < 0.5
+        for j in range(g):
+            good = j < n_good
+            n = int(rng.integers(30, 40) if easy else rng.integers(8, 14)) + (6 if good == good_longer else 0)
+            words = list(rng.choice(FILLER, n))
+            if good:
+                words[int(rng.integers(0, n))] = "zq"  # as long as a filler word
+            texts.append(" ".join(words))
+            rewards.append(float(good))
+            keys.append(p)
+    return texts, rewards, keys
+
+
 def flat(groups):
     texts = [t for g in groups for t in g.texts]
     rewards = [r for g in groups for r in g.rewards]
@@ -56,22 +73,16 @@ def flat(groups):
     return texts, rewards, keys
 
 
+def fit(texts, rewards, keys, **kw):
+    args = {"features": SMALL, "dim": 8, "epochs": 4, "lr": 0.05, "batch_size": 8, "seed": 0, "progress": False}
+    args.update(kw)
+    args.setdefault("stream", io.StringIO())
+    return train_scorer(texts, rewards, keys, **args)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    texts, rewards, keys = flat(synthetic(120))
-    result = train_scorer(
-        texts,
-        rewards,
-        keys,
-        features=SMALL,
-        dim=8,
-        epochs=4,
-        lr=0.05,
-        batch_size=16,
-        seed=0,
-        progress=False,
-        stream=io.StringIO(),
-    )
+    result = fit(*flat(synthetic(120)))
     path = tmp_path_factory.mktemp("scorer") / "scorer.pt"
     result.scorer.save(path)
     return result, path
@@ -90,18 +101,61 @@ def _mix(x: int) -> int:
     return x ^ (x >> 31)
 
 
+def _word(w: str) -> int:
+    b = w.encode()
+    chunks = [int.from_bytes(b[i : i + 8].ljust(8, b"\0"), "little") for i in range(0, len(b), 8)]
+    h = _mix(chunks[0])
+    for c in chunks[1:]:
+        h = _mix(h ^ c)
+    return h
+
+
+def _seed(s: int) -> int:
+    return _mix(_u64(s * 0xD1B54A32D192ED03 + 0x632BE59BD9B4E019))
+
+
 def test_feature_ids_follow_the_documented_hash_with_python_ints():
     # Checkpoints depend on these ids staying the same: recompute them from the definition.
-    cfg = FeatureConfig(n_buckets=1000, ngram_max=2, hash_seed=3)
-    feats = featurize(["Hello, world", "x"], cfg)
-    h = {w: zlib.crc32(w.encode(), 3) + 1 for w in ("hello", ",", "world", "x")}
-    salt = lambda n: _u64(0xA24BAED4963EE407 * n + 3)  # noqa: E731
-    uni = [_mix(h[w] ^ salt(1)) % 1000 for w in ("hello", ",", "world")]
-    bi = [_mix(_u64(h[a] * 0x9E3779B97F4A7C15 + h[b]) ^ salt(2)) % 1000 for a, b in (("hello", ","), (",", "world"))]
-    assert feats.offsets.tolist() == [0, 5, 6]
-    assert feats.ids[:5].tolist() == uni + bi
-    assert feats.ids[5] == _mix(h["x"] ^ salt(1)) % 1000  # no bigram crosses into the next text
-    assert feats.dense[0].tolist() == pytest.approx([np.log1p(3), np.log1p(12)])
+    cfg = FeatureConfig(n_buckets=1000, ngram_max=2, hash_seed=3, group_features=False)
+    feats = featurize(["Hello, wonderful world", "x"], (1, 2), cfg)
+    h = {w: _word(w) + 1 for w in ("hello", ",", "wonderful", "world", "x")}
+    bucket = lambda x: ((x >> 32) * 1000) >> 32  # noqa: E731
+    uni = {w: bucket(_mix(h[w] ^ _seed(16 * 3 + 1))) for w in h}
+    bi = [
+        bucket(_mix(_u64(h[a] * 0x9E3779B97F4A7C15 + h[b]) ^ _seed(16 * 3 + 2)))
+        for a, b in (("hello", ","), (",", "wonderful"), ("wonderful", "world"))
+    ]
+    assert feats.offsets.tolist() == [0, 8, 10] and feats.sizes.tolist() == [7, 1]
+    # at each position its unigram, then the bigram starting there; 1000 (= n_buckets) pads
+    assert feats.ids.tolist() == [uni["hello"], bi[0], uni[","], bi[1], uni["wonderful"], bi[2], uni["world"], 1000] + [
+        uni["x"],
+        1000,  # no bigram crosses into the next text
+    ]
+    assert feats.dense[0].tolist() == pytest.approx([np.log1p(4), np.log1p(22)])
+
+
+def test_group_features_hand_computed():
+    texts = ["so the answer is 12", "so the answer is 12", "i think it is 7", "no idea"]
+    feats = featurize(texts, (1, 4), FeatureConfig(n_buckets=64))
+    d = dict(zip(FeatureConfig().dense_names, feats.dense.T))
+    lw = np.log1p([5, 5, 5, 2])
+    np.testing.assert_allclose(d["log_words_z"], (lw - lw.mean()) / lw.std(), rtol=1e-6)
+    assert d["duplicate_share"].tolist() == pytest.approx([1 / 3, 1 / 3, 0, 0])
+    assert d["answer_share"].tolist() == pytest.approx([1 / 3, 1 / 3, 0, 0])
+    assert d["has_answer"].tolist() == [1, 1, 1, 0]
+    assert d["answer_top"].tolist() == [1, 1, 0, 0]  # 12 is the most common answer
+    # word 3-gram Jaccard: texts 0 and 1 identical, no 3-gram shared with the others
+    assert d["similarity_max"].tolist() == pytest.approx([1, 1, 0, 0])
+    assert d["similarity_mean"].tolist() == pytest.approx([1 / 3, 1 / 3, 0, 0])
+
+
+def test_features_of_a_group_do_not_depend_on_the_rest_of_the_batch():
+    texts, _, _ = flat(synthetic(6, seed=2))
+    whole = featurize(texts, (6, 4), FeatureConfig())
+    for i in range(6):
+        part = featurize(texts[4 * i : 4 * i + 4], (1, 4), FeatureConfig())
+        np.testing.assert_array_equal(part.dense, whole.dense[4 * i : 4 * i + 4])
+        np.testing.assert_array_equal(part.ids, whole.take(np.arange(4 * i, 4 * i + 4)).ids)
 
 
 def test_split_holds_out_whole_prompts():
@@ -119,133 +173,138 @@ def test_roc_auc_hand_computed():
     assert np.isnan(roc_auc([1, 2], [1, 1]))
 
 
+def test_within_group_auc_hand_computed():
+    scores = [0.9, 0.1, 0.5, 5.0, 1.0, 1.0, 3.0, 4.0]
+    targets = [1, 0, 0, 0, 1, 0, 1, 1]
+    keys = ["a", "a", "a", "b", "b", "b", "c", "c"]
+    # a: both pairs right = 1; b: (4>3) wrong, (4>5) tie = 0.25; c: uniform, left out -> mean 0.625
+    assert within_group_auc(scores, targets, keys) == pytest.approx(0.625)
+    assert np.isnan(within_group_auc([1, 2], [1, 1], ["a", "a"]))
+
+
+# ---------------------------------------------------------------------- the report
+def test_report_numbers_hand_computed():
+    from gfpo_filters.filters.learned.report import format_report, validation_report
+
+    keys = ["A"] * 3 + ["B"] * 3 + ["C"] * 2
+    y = [1, 0, 0, 0, 1, 1, 1, 1]
+    scores = [0.9, 0.1, 0.5, 0.3, 0.2, 0.3, 5.0, 6.0]
+    lengths = [10, 5, 20, 30, 10, 10, 1, 1]
+    consensus = [0.2, 0.2, 0.1, 0.5, 0.1, 0.9, 0.0, 0.0]
+    r = validation_report(scores, y, keys, lengths, consensus)
+    # A: scorer 1, shortest 0.5, consensus 0.75; B: 0.25, 1, 0.5; C has no pair
+    assert r["within_auc"] == pytest.approx(
+        {"scorer": 0.625, "shortest_first": 0.75, "consensus": 0.625, "random": 0.5}
+    )
+    assert r["mixed_groups"] == 2 and r["groups"] == 3 and r["completions"] == 8
+    # pooled: 5 positives x 3 negatives; the scorer orders 11.5 of the 15 pairs right
+    assert r["pooled_auc"]["scorer"] == pytest.approx(11.5 / 15)
+    assert r["best_simple"] == "shortest_first" and r["margin"] == pytest.approx(-0.125)
+    assert not r["beats_best_simple"]
+    assert "warning: the trained scorer does not beat the best simple ranking (shortest-first" in format_report(r)
+
+
 # ---------------------------------------------------------------------- training
-def test_scorer_learns_a_marker_rule(trained):
-    result, _ = trained
-    assert result.metric == "auc"
-    assert result.history[-1]["val_auc"] > 0.95
-    assert result.scorer.training["best_epoch"] >= 1
-    # and it generalises to fresh prompts it never saw
-    texts, rewards, _ = flat(synthetic(30, seed=99))
-    assert roc_auc(result.scorer.predict(texts), rewards) > 0.95
+def test_ranker_learns_a_marker_rule_within_groups_despite_length_and_difficulty():
+    texts, rewards, keys = confounded(300)
+    res = fit(texts, rewards, keys, epochs=5)
+    assert res.metric == "within" and res.scorer.objective == "listwise"  # the default
+    assert res.report["within_auc"]["scorer"] > 0.95
+    assert res.report["within_auc"]["shortest_first"] < 0.7  # length cannot do it
+    assert res.report["beats_best_simple"]
+    # and it ranks the groups of fresh prompts it never saw
+    fresh, y, fk = confounded(40, seed=99)
+    pred = res.scorer.predict(fresh, (40, 4))
+    assert within_group_auc(pred, y, fk) > 0.95
 
 
-def test_training_prints_the_metric_every_epoch_and_a_progress_bar():
-    texts, rewards, keys = flat(synthetic(40))
+@pytest.mark.parametrize("objective", ["pairwise", "relative"])
+def test_other_within_group_objectives_learn_the_rule(objective):
+    texts, rewards, keys = confounded(300)
+    res = fit(texts, rewards, keys, epochs=5, objective=objective)
+    assert res.scorer.objective == objective and res.report["within_auc"]["scorer"] > 0.9
+
+
+def test_uniform_groups_are_left_out_of_ranking_objectives():
+    texts, rewards, keys = confounded(60)
+    # add 200 uniform groups (all right): they carry no ranking signal
+    more = [(" ".join(["zq"] + FILLER[: 5 + i % 7]), 1.0, f"u{i // 4}") for i in range(800)]
     out = io.StringIO()
-    train_scorer(texts, rewards, keys, features=SMALL, dim=4, epochs=3, batch_size=32, stream=out)
-    log = out.getvalue()
-    assert log.count("val auc") == 5  # epoch 0 (length only), three epochs and the best-epoch line
-    assert "epoch 0/3 (length only)" in log and log.count("within-prompt") == 4
-    assert "epoch 3/3 [" + "#" * 30 + "]" in log
+    res = fit(texts + [m[0] for m in more], rewards + [m[1] for m in more], keys + [m[2] for m in more], stream=out)
+    used = int(out.getvalue().split("(")[1].split(" groups used")[0])
+    assert used <= 60  # only mixed training groups are trained on
+    assert res.train_index.size > 600  # yet every training completion counts in its group's features
 
 
-def test_progress_bar_redraws_in_place_on_a_terminal():
+def test_training_prints_the_metric_every_epoch_and_tqdm_on_a_terminal():
     class Tty(io.StringIO):
         def isatty(self):
             return True
 
-    stream = Tty()
-    bar = ProgressBar(4, "epoch 1/1", stream, width=8)
-    for _ in range(4):
-        bar.update(1)
-    bar.close("done")
-    text = stream.getvalue()
-    assert text.startswith("\repoch 1/1 [") and text.endswith("done\n")
-    assert "[########] 4/4" in text
+    texts, rewards, keys = flat(synthetic(40))
+    out = Tty()
+    fit(texts, rewards, keys, epochs=3, progress=True, stream=out)
+    log = out.getvalue()
+    # epoch 0 (dense features only), three epochs and the best-epoch line
+    assert len(re.findall(r"val within-group AUC \d", log)) == 5
+    assert "epoch 0/3 (dense features only)" in log
+    assert "\repoch 3/3:" in log and "0/4 [" in log  # tqdm's bar, redrawn in place, cleared at the end
+    assert "validation report on held-out prompts" in log
+    quiet = io.StringIO()
+    fit(texts, rewards, keys, epochs=1, progress=True, stream=quiet)  # not a terminal: no bar
+    assert "\r" not in quiet.getvalue() and "it/s" not in quiet.getvalue()
 
 
-def test_continuous_rewards_use_squared_loss_and_spearman():
+def test_pointwise_continuous_rewards_use_squared_loss_and_spearman():
     groups = synthetic(120, seed=3)
     texts, rewards, keys = flat(groups)
     rewards = [2.0 + 3.0 * r + 0.01 * len(t) for r, t in zip(rewards, texts)]
-    res = train_scorer(
-        texts,
-        rewards,
-        keys,
-        features=SMALL,
-        dim=4,
-        epochs=4,
-        lr=0.05,
-        batch_size=16,
-        progress=False,
-        stream=io.StringIO(),
-    )
-    assert res.metric == "spearman" and res.scorer.loss == "mse"
+    res = fit(texts, rewards, keys, dim=4, batch_size=4, objective="pointwise")
+    assert res.metric == "spearman" and res.scorer.loss == "mse" and res.scorer.predicts_reward
     assert res.scorer.training["val_metric"] == max(h["val_spearman"] for h in res.history) > 0.8
-    fresh, marker, _ = flat(synthetic(30, seed=100))
+    fresh_groups = synthetic(30, seed=100)
+    fresh, marker, _ = flat(fresh_groups)
     truth = np.array([2.0 + 3.0 * r + 0.01 * len(t) for r, t in zip(marker, fresh)])
-    pred = res.scorer.predict(fresh)  # on the reward's own scale, not standardised
+    pred = res.scorer.predict(fresh, (30, 4))  # on the reward's own scale, not standardised
     assert abs(pred.mean() - truth.mean()) < 0.5
     assert pred[np.array(marker) == 1].mean() - pred[np.array(marker) == 0].mean() > 1.0  # true gap: 3
 
 
-def test_length_only_model_is_kept_when_ngrams_cannot_beat_it():
+def test_dense_only_model_is_kept_when_ngrams_cannot_beat_it():
     rng = np.random.default_rng(4)
     texts, rewards, keys = [], [], []
     for p in range(60):
         for _ in range(4):
             n = int(rng.integers(5, 40))
             texts.append(" ".join(rng.choice(FILLER, n)))
-            rewards.append(float(n < 20))  # only the length matters: the length-only model is perfect
+            rewards.append(float(n < 20))  # only the length matters: the length features are perfect
             keys.append(p)
     out = io.StringIO()
-    res = train_scorer(texts, rewards, keys, features=SMALL, dim=4, epochs=2, lr=0.05, stream=out, progress=False)
-    assert res.history[0]["val_auc"] == 1.0
-    assert res.scorer.training["best_epoch"] == 0 and "length only: the n-gram features did not help" in out.getvalue()
+    res = fit(texts, rewards, keys, dim=4, epochs=2, stream=out)
+    assert res.history[0]["val_within"] == 1.0
+    assert res.scorer.training["best_epoch"] == 0
+    assert "dense features only: the n-gram features did not help" in out.getvalue()
     assert float(res.scorer.model.head[-1].weight.detach().abs().sum()) == 0.0  # the n-gram head is the untrained zero
 
 
-def test_relative_training_ranks_within_prompts():
-    # Prompt difficulty (easy prompts: long answers, mostly right) confounds pooled training;
-    # within a prompt only the marker matters.
-    rng = np.random.default_rng(6)
-    texts, rewards, keys = [], [], []
-    for p in range(120):
-        easy = p % 2 == 0
-        for _ in range(4):
-            words = list(rng.choice(FILLER, int(rng.integers(30, 40) if easy else rng.integers(5, 10))))
-            good = rng.random() < 0.5
-            if good:
-                words[0] = "zq"  # a marker as long as a typical filler word: no length signal
-            texts.append(" ".join(words))
-            rewards.append(1.0 if good else (0.6 if easy else 0.0))
-            keys.append(p)
-    res = train_scorer(
-        texts,
-        rewards,
-        keys,
-        features=SMALL,
-        dim=4,
-        epochs=6,
-        lr=0.05,
-        batch_size=16,
-        relative=True,
-        progress=False,
-        stream=io.StringIO(),
-    )
-    assert res.metric == "within_prompt" and res.scorer.relative and res.scorer.loss == "mse"
-    assert res.scorer.training["val_metric"] > 0.9
-    assert res.history[0]["val_within_prompt"] < 0.75  # length alone cannot do it
+def test_bad_training_settings():
+    texts, rewards, keys = flat(synthetic(10))
     with pytest.raises(ValueError, match="relative=True predicts reward differences"):
-        train_scorer(texts, rewards, keys, relative=True, loss="bce", progress=False, stream=io.StringIO())
-
-
-def test_within_prompt_concordance_hand_computed():
-    from gfpo_filters.scorer import within_prompt_concordance
-
-    scores = [0.9, 0.1, 0.5, 5.0, 1.0, 1.0]
-    targets = [1, 0, 0, 0, 1, 0]
-    keys = ["a", "a", "a", "b", "b", "b"]
-    # prompt a: (0>1) right, (0>2) right; prompt b: (4>3) wrong, (4>5) tie = 0.5 -> 2.5 / 4
-    assert within_prompt_concordance(scores, targets, keys) == pytest.approx(0.625)
-    assert np.isnan(within_prompt_concordance([1, 2], [1, 1], ["a", "a"]))
+        fit(texts, rewards, keys, relative=True, loss="bce")
+    assert fit(texts, rewards, keys, relative=True, loss="mse", epochs=1).scorer.objective == "relative"
+    with pytest.raises(ValueError, match="objective must be one of"):
+        fit(texts, rewards, keys, objective="ranknet")
+    with pytest.raises(ValueError, match="loss='bce' applies to objective='pointwise' only"):
+        fit(texts, rewards, keys, loss="bce")
+    same = [1.0] * len(texts)
+    with pytest.raises(GroupInputError, match="no training prompt has completions with different rewards"):
+        fit(texts, same, keys)
 
 
 def test_nan_targets_are_left_out_of_training():
     texts, rewards, keys = flat(synthetic(20))
     rewards[0] = float("nan")
-    res = train_scorer(texts, rewards, keys, features=SMALL, dim=4, epochs=1, progress=False, stream=io.StringIO())
+    res = fit(texts, rewards, keys, dim=4, epochs=1)
     assert res.train_index.size + res.val_index.size == len(texts) - 1
     assert 0 not in res.train_index and 0 not in res.val_index
 
@@ -254,30 +313,18 @@ def test_cli_trains_and_the_filter_loads_the_checkpoint(tmp_path, capsys):
     data = tmp_path / "rollouts.jsonl"
     write_rollouts(data, synthetic(80))
     out = tmp_path / "scorer.pt"
-    rc = cli_main(
-        [
-            "train-scorer",
-            str(data),
-            "--out",
-            str(out),
-            "--epochs",
-            "3",
-            "--buckets",
-            "4096",
-            "--dim",
-            "8",
-            "--lr",
-            "0.02",
-            "--no-progress",
-        ]
-    )
-    err = capsys.readouterr().err
-    assert rc == 0, err
-    assert err.count("val auc") == 5 and "held-out prompts" in err
+    args = ["train-scorer", str(data), "--out", str(out), "--epochs", "3", "--buckets", "4096", "--dim", "8"]
+    rc = cli_main([*args, "--lr", "0.05", "--batch-size", "8", "--no-progress", "--json"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert captured.err.count("val within-group AUC") == 5 and "held-out prompts" in captured.err
+    report = json.loads(captured.out)
+    assert report["within_auc"]["random"] == 0.5 and report["mixed_groups"] > 0
     f = load_filter("learned", checkpoint=str(out), device="cpu")
     scores = f([["the a banana of", "the a of to", "banana"]], [[1.0, 0.0, 1.0]])[0]
     assert scores[0] > scores[1] and scores[2] > scores[1]
     assert f._scorer.training["rollouts"] == [str(data)]
+    assert f._scorer.training["report"] == report  # the report travels with the checkpoint
 
 
 def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):
@@ -302,12 +349,43 @@ def test_save_load_round_trip_gives_identical_scores(trained):
     f = load_filter("learned", checkpoint=path, device="cpu")
     first = f(groups, rewards)
     assert f(groups, rewards) == first  # identical on every call
-    # other chunk sizes change only float rounding (a matrix product of another shape)
-    chunked = load_filter("learned", checkpoint=path, device="cpu", batch_size=3)(groups, rewards)
-    np.testing.assert_allclose(chunked, first, rtol=1e-6)
-    assert np.array_equal(np.array(first).ravel(), result.scorer.predict(texts))
+    assert np.array_equal(np.array(first).ravel(), result.scorer.predict(texts, (8, 4)))
     ckpt = torch.load(path, weights_only=True)
-    assert ckpt["format_version"] == FORMAT_VERSION and ckpt["features"]["n_buckets"] == 4096
+    assert ckpt["format_version"] == FORMAT_VERSION == 2 and ckpt["features"]["n_buckets"] == 4096
+
+
+def test_a_batch_scores_the_same_whole_or_in_pieces(trained):
+    _, path = trained
+    texts, _, _ = flat(synthetic(12, seed=6))
+    groups = [texts[i : i + 4] for i in range(0, len(texts), 4)]
+    f = load_filter("learned", checkpoint=path, device="cpu")
+    whole = f(groups, np.ones((12, 4)))
+    pieces = [row for i in range(0, 12, 5) for row in f(groups[i : i + 5], np.ones((len(groups[i : i + 5]), 4)))]
+    assert pieces == whole  # bit for bit: a group's score depends on that group alone
+    one_group_chunks = load_filter("learned", checkpoint=path, device="cpu", batch_size=4)(groups, np.ones((12, 4)))
+    assert one_group_chunks == whole
+
+
+def test_format_1_checkpoint_says_how_to_retrain(trained, tmp_path):
+    _, path = trained
+    old = tmp_path / "old.pt"
+    torch.save(
+        {"format": "gfpo-filters-scorer", "format_version": 1, "gfpo_filters_version": "0.1.0", "features": {}},
+        old,
+    )
+    with pytest.raises(
+        ScorerCheckpointError,
+        match=r"'.*old\.pt' has format version 1, but this gfpo-filters reads version 2 \(written by gfpo-filters "
+        r"0\.1\.0\) \(version 1 scorers used other word hashes.*retrain it with 'gfpo-filters train-scorer "
+        r"ROLLOUTS\.jsonl --out scorer\.pt'",
+    ):
+        load_filter("learned", checkpoint=old)
+
+
+def test_reward_per_token_needs_a_scorer_that_predicts_a_reward(trained):
+    _, path = trained
+    with pytest.raises(FilterParameterError, match=r"'rank_by'.*objective 'listwise'.*--objective pointwise"):
+        load_filter("learned", checkpoint=path, rank_by="reward_per_token")
 
 
 def _rewrite(path, tmp_path, name, change):
@@ -548,12 +626,27 @@ def test_module_with_device_or_include_prompt_is_refused():
 
 def test_importing_the_filter_and_scorer_modules_does_not_import_torch():
     code = (
-        "import sys, gfpo_filters, gfpo_filters.scorer, gfpo_filters.filters.learned, gfpo_filters.cli;"
+        "import sys, gfpo_filters, gfpo_filters.filters.learned, gfpo_filters.filters.learned.model,"
+        " gfpo_filters.filters.learned.training, gfpo_filters.cli;"
         "gfpo_filters.list_filters(); gfpo_filters.cli.build_parser();"
         "print(sorted(m for m in ('torch', 'transformers', 'scipy.stats') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_filter_import_path_leaves_out_argparse_and_the_training_loop(trained):
+    _, path = trained
+    heavy = "('argparse', 'tqdm', 'gfpo_filters.filters.learned.training', 'gfpo_filters.filters.learned.cli')"
+    code = (
+        "import sys, gfpo_filters.filters.learned;"
+        f"print(sorted(m for m in {heavy} if m in sys.modules));"
+        "from gfpo_filters import load_filter;"
+        f"f = load_filter('learned', checkpoint={str(path)!r}, device='cpu'); f([['a b', 'c']], [[1, 0]]);"
+        f"print(sorted(m for m in {heavy} if m.startswith('gfpo') and m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["[]", "[]"]  # (torch itself imports argparse once a checkpoint loads)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

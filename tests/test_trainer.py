@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +19,7 @@ from tests.trainer_utils import (  # noqa: E402
     decode_rows,
     expected_selection,
     reward_of,
+    run_two_processes,
     tiny_args,
     tiny_parts,
 )
@@ -315,21 +312,7 @@ def test_nan_scores_and_missing_rewards_never_win(tmp_path):
 # ---------------------------------------------------------------------- two processes
 @pytest.mark.distributed
 def test_two_processes_agree_and_train_each_kept_row_once(tmp_path):
-    worker = Path(__file__).with_name("distributed_worker.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "29533",
-        str(worker),
-        str(tmp_path),
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    run_two_processes(tmp_path)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for step in range(len(ranks[0]["steps"])):
         a, b = ranks[0]["steps"][step], ranks[1]["steps"][step]

@@ -22,7 +22,8 @@ from gfpo_filters.base import GroupFilter
 from gfpo_filters.errors import GroupInputError
 from gfpo_filters.groups import Groups
 from gfpo_filters.hookspecs import hookimpl
-from gfpo_filters.ngrams import MASK64, U64, mix64, word_ids
+from gfpo_filters.ngrams import P64, U64, ngram_hashes, word_hashes
+from gfpo_filters.params import check_choice, check_int, check_number
 
 SIMILARITIES = ("auto", "jaccard", "minhash")
 OBJECTIVES = ("maxmin", "facility_location")
@@ -33,14 +34,7 @@ UNITS = ("auto", "ids", "words", "chars")
 AUTO_EXACT_MAX_SHINGLES = 512
 
 _U = U64
-_MASK64 = MASK64
-_P1 = _U(0x9E3779B97F4A7C15)  # odd multipliers of the polynomial n-gram hash
-_SENTINEL = np.int64(-0x5DEECE66D)  # pads every sequence; never a token id or word id
-
-
-# ---------------------------------------------------------------------- hashing
-def _seed_word(seed: int) -> np.uint64:
-    return mix64(np.array([(int(seed) * 0xD1B54A32D192ED03 + 0x632BE59BD9B4E019) & _MASK64], dtype=np.uint64))[0]
+_SENTINEL = np.int64(-0x5DEECE66D)  # pads every sequence; never a token id (a word hash only by a 2**-64 chance)
 
 
 # ---------------------------------------------------------------------- sequences
@@ -76,14 +70,14 @@ def _ids_to_array(seqs: list[Any], where: list[tuple[int, int]]) -> tuple[np.nda
 
 
 def _text_to_array(texts: list[str], unit: str) -> tuple[np.ndarray, np.ndarray]:
-    """Words (lower-cased ``\\w+`` runs and single punctuation marks) or Unicode code points as ints."""
+    """Word hashes (lower-cased ``\\w+`` runs and single punctuation marks) or Unicode code points as ints."""
     if unit == "chars":
         joined = "".join(texts)
         values = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
         lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
         return values, lengths
-    values, lengths, _ = word_ids(texts)
-    return values, lengths
+    values, lengths = word_hashes(texts)
+    return values.view(np.int64), lengths
 
 
 def completion_sequences(groups: Groups, unit: str = "auto") -> tuple[np.ndarray, np.ndarray, str]:
@@ -119,13 +113,7 @@ def shingle_hashes(values: np.ndarray, lengths: np.ndarray, ngram: int, seed: in
     padded = np.full(total + pad * d + pad, _SENTINEL, dtype=np.int64)
     if total:
         padded[np.arange(total, dtype=np.int64) + np.repeat(starts_pad - starts_src, lengths)] = values
-    a = padded.view(np.uint64) + _U(1)
-    span = a.size - pad
-    h = a[:span].copy()
-    for j in range(1, ngram):
-        h *= _P1
-        h += a[j : j + span]
-    h = mix64(h ^ _seed_word(seed))
+    h = ngram_hashes(padded, ngram, seed)
     windows = np.where(lengths >= ngram, lengths - pad, np.minimum(lengths, 1))
     n_win = int(windows.sum())
     win_doc = np.repeat(np.arange(d, dtype=np.int64), windows)
@@ -159,7 +147,7 @@ def jaccard_exact(hashes: np.ndarray, doc: np.ndarray, n_groups: int, group_size
     sizes = np.zeros(d)
     if hashes.size:
         table_bits = max(int(2 * hashes.size - 1).bit_length(), 4)
-        slot_key = hashes if n_groups == 1 else hashes ^ ((doc // g).astype(np.uint64) * _P1)
+        slot_key = hashes if n_groups == 1 else hashes ^ ((doc // g).astype(np.uint64) * P64)
         slot = (slot_key >> _U(64 - table_bits)).astype(np.int64)
         single = np.bincount(slot, minlength=1 << table_bits)[slot] == 1
         sizes += np.bincount(doc[single], minlength=d)
@@ -216,10 +204,15 @@ def jaccard_minhash(hashes: np.ndarray, doc: np.ndarray, n_groups: int, group_si
     g = group_size
     d = n_groups * g
     h = hashes
-    bins = ((h >> _U(32)) * _U(num_perm)) >> _U(32)
+    if num_perm & (num_perm - 1) == 0:  # a power of two: the same bins by one shift
+        bins = h >> _U(64 - num_perm.bit_length() + 1)
+    else:
+        bins = ((h >> _U(32)) * _U(num_perm)) >> _U(32)
     empty = np.iinfo(np.uint64).max
     sig = np.full(d * num_perm, empty, dtype=np.uint64)
-    np.minimum.at(sig, doc * num_perm + bins.astype(np.int64), h)
+    key = doc * num_perm
+    key += bins.view(np.int64)  # bins < num_perm: the same bits
+    np.minimum.at(sig, key, h)
     sig = sig.reshape(n_groups, g, num_perm)
     out = np.empty((n_groups, g, g))
     chunk = max(1, (1 << 22) // max(g * g * num_perm, 1))  # bounds the (chunk, G, G, bins) temporaries
@@ -243,19 +236,29 @@ def similarity_matrices(
 ) -> np.ndarray:
     """Pairwise shingle similarity within each group: float array (n_groups, G, G), 1 on the diagonal."""
     values, lengths, _ = completion_sequences(groups, unit)
-    return _similarity(values, lengths, groups.shape, ngram, similarity, num_perm, seed)
+    return sequence_similarity(values, lengths, groups.shape, ngram, similarity, num_perm, seed)
 
 
-def _similarity(
+def sequence_similarity(
     values: np.ndarray,
     lengths: np.ndarray,
     shape: tuple[int, int],
-    ngram: int,
-    similarity: str,
-    num_perm: int,
-    seed: int,
+    ngram: int = 3,
+    similarity: str = "auto",
+    num_perm: int = 128,
+    seed: int = 0,
 ) -> np.ndarray:
+    """:func:`similarity_matrices` from the symbol sequences of ``shape[0] * shape[1]`` completions
+    (row-major, as :func:`completion_sequences` returns them): shingles, then exact or MinHash Jaccard."""
     hashes, doc = shingle_hashes(values, lengths, ngram, seed)
+    return shingle_similarity(hashes, doc, shape, similarity, num_perm)
+
+
+def shingle_similarity(
+    hashes: np.ndarray, doc: np.ndarray, shape: tuple[int, int], similarity: str = "auto", num_perm: int = 128
+) -> np.ndarray:
+    """Jaccard matrices (n, G, G) from shingle hashes and the completion (row-major) each belongs to:
+    exact while completions average at most :data:`AUTO_EXACT_MAX_SHINGLES` shingles (``"auto"``), else MinHash."""
     n, g = shape
     if similarity == "auto":
         similarity = "jaccard" if hashes.size <= AUTO_EXACT_MAX_SHINGLES * max(n * g, 1) else "minhash"
@@ -356,38 +359,14 @@ class DiversityFilter(GroupFilter):
         num_perm: int = 128,
         seed: int = 0,
     ) -> None:
-        if isinstance(ngram, bool) or not isinstance(ngram, (int, np.integer)) or not 1 <= ngram <= 64:
-            raise self.param_error("ngram", f"must be an int between 1 and 64, got {ngram!r}")
-        if similarity not in SIMILARITIES:
-            raise self.param_error("similarity", f"must be one of {SIMILARITIES}, got {similarity!r}")
-        if objective not in OBJECTIVES:
-            raise self.param_error("objective", f"must be one of {OBJECTIVES}, got {objective!r}")
-        try:
-            weight = float(reward_weight)
-        except (TypeError, ValueError):
-            weight = float("nan")
-        if isinstance(reward_weight, bool) or not np.isfinite(weight) or weight < 0:
-            raise self.param_error("reward_weight", f"must be a finite number >= 0, got {reward_weight!r}")
-        if reward_threshold is not None and (
-            isinstance(reward_threshold, bool)
-            or not isinstance(reward_threshold, (int, float, np.number))
-            or not np.isfinite(reward_threshold)
-        ):
-            raise self.param_error("reward_threshold", f"must be a finite number or None, got {reward_threshold!r}")
-        if unit not in UNITS:
-            raise self.param_error("unit", f"must be one of {UNITS}, got {unit!r}")
-        if isinstance(num_perm, bool) or not isinstance(num_perm, (int, np.integer)) or not 8 <= num_perm <= 65536:
-            raise self.param_error("num_perm", f"must be an int between 8 and 65536, got {num_perm!r}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise self.param_error("seed", f"must be a non-negative int, got {seed!r}")
-        self.ngram = int(ngram)
-        self.similarity = similarity
-        self.objective = objective
-        self.reward_weight = weight
-        self.reward_threshold = None if reward_threshold is None else float(reward_threshold)
-        self.unit = unit
-        self.num_perm = int(num_perm)
-        self.seed = int(seed)
+        self.ngram = check_int(self, "ngram", ngram, low=1, high=64)
+        self.similarity = check_choice(self, "similarity", similarity, SIMILARITIES)
+        self.objective = check_choice(self, "objective", objective, OBJECTIVES)
+        self.reward_weight = check_number(self, "reward_weight", reward_weight, low=0)
+        self.reward_threshold = check_number(self, "reward_threshold", reward_threshold, optional=True)
+        self.unit = check_choice(self, "unit", unit, UNITS)
+        self.num_perm = check_int(self, "num_perm", num_perm, low=8, high=65536)
+        self.seed = check_int(self, "seed", seed, low=0)
 
     def similarities(self, groups: Groups) -> np.ndarray:
         """The (n_groups, G, G) similarity matrices this filter's greedy selection uses."""
@@ -400,7 +379,7 @@ class DiversityFilter(GroupFilter):
                 f"{first // groups.group_size}, completion {first % groups.group_size}); they have no shingles: "
                 "similarity 1 to each other and 0 to every other completion"
             )
-        return _similarity(values, lengths, groups.shape, self.ngram, self.similarity, self.num_perm, self.seed)
+        return sequence_similarity(values, lengths, groups.shape, self.ngram, self.similarity, self.num_perm, self.seed)
 
     def score(self, groups: Groups) -> np.ndarray:
         sim = self.similarities(groups)

@@ -1,4 +1,4 @@
-"""GFPOTrainer: GFPO as a thin layer over TRL's GRPOTrainer (TRL 1.7.1 to 1.16).
+"""GFPOTrainer: GFPO as a thin layer over TRL's GRPOTrainer (TRL 1.7.1 to 1.16), for every GRPO run TRL supports.
 
 GRPOTrainer generates, scores and computes GRPO advantages for the whole generation batch.
 This adapter then, on the training batch only:
@@ -8,25 +8,35 @@ This adapter then, on the training batch only:
 3. calls the group filter once per batch on all groups, with token ids and lengths,
 4. keeps the top k of each group (ties to the earlier completion; NaN scores and missing
    rewards last), the same selection on every process (process 0's scores are broadcast),
-5. standardises rewards over the kept set S (population std, paper Eq. 1), and
+5. standardises rewards over the kept set S (population std, paper Eq. 1; with
+   ``multi_objective_aggregation="normalize_then_sum"`` each reward function over S, then their weighted sum), and
 6. drops the rejected rows from the batch and spreads the kept rows evenly over processes,
-   so the backward pass costs about k/G of GRPO's on one process and on many.
+   so the backward pass costs about k/G of GRPO's on one process and on many; where padding rows
+   are needed to fill equal micro-batches, row-normalised losses are rescaled so that the step
+   is exactly TRL's loss on the kept rows (``_row_scale``).
 
-GRPOTrainer internals this relies on (checked on TRL 1.7.1 and 1.16.0): the method
-``_calculate_rewards(inputs, prompts, completions, completion_ids_list)`` returning rewards
-gathered over processes in process order; ``_generate_and_score_completions(inputs)`` returning
-a dict of per-row tensors (``prompt_ids``, ``prompt_mask``, ``completion_ids``,
-``completion_mask``, ``advantages``, optional log-prob tensors) plus ``num_items_in_batch``;
-the attributes ``reward_weights``, ``num_generations``, ``scale_rewards``, ``_metrics`` and
-``_logs``; and ``_save_checkpoint`` / ``_load_optimizer_and_scheduler`` for the adaptive state.
+GRPOTrainer internals this relies on (checked on TRL 1.7.1 and 1.16.0; docs/trainer.md keeps the same list):
+``__init__``'s signature (every argument is forwarded as given; only ``group_filter_func`` is ours);
+``_calculate_rewards(inputs, prompts, completions, completion_ids_list)`` returning rewards gathered over
+processes in process order (environment-owned rewards included); ``_generate_and_score_completions(inputs)``
+returning a dict of per-row tensors (``prompt_ids``, ``prompt_mask``, ``completion_ids``, ``completion_mask``,
+``advantages``, optional log-prob tensors, ``tool_mask``, image and token-type fields), per-row lists
+(``num_images``) and ``num_items_in_batch``; ``trl.trainer.utils.split_pixel_values_by_grid`` and
+``unsplit_pixel_values_by_grid``; ``compute_loss`` (scaled, see ``_row_scale``) with TRL's per-loss-type
+normalisers and ``_entropy_bonus_enabled`` / ``aux_loss_enabled``; the attributes ``reward_weights``,
+``num_generations``, ``scale_rewards``, ``multi_objective_aggregation``, ``loss_type``, ``pad_to_multiple_of``,
+``_metrics``, ``_logs``, ``_tokenizer`` and ``args.steps_per_generation``; and ``_save_checkpoint`` /
+``_load_optimizer_and_scheduler`` for the adaptive state.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,8 +44,10 @@ import numpy as np
 import torch
 from accelerate.utils import broadcast, gather_object
 from trl import GRPOConfig, GRPOTrainer
+from trl.trainer.utils import split_pixel_values_by_grid, unsplit_pixel_values_by_grid
 
 from gfpo_filters.adaptive import AdaptiveK
+from gfpo_filters.base import GroupFilter
 from gfpo_filters.step import accepted_kwargs, gfpo_step, group_rows, keep_signal_mode, resolve_filter
 
 logger = logging.getLogger(__name__)
@@ -53,9 +65,12 @@ COMPLETION_FIELDS = {
     "sampling_per_token_logps": 0.0,
     "importance_sampling_ratio": 0.0,
 }
-MULTIMODAL_FIELDS = ("pixel_values", "image_grid_thw", "pixel_attention_mask", "image_sizes", "num_images")
+#: Fields whose second dimension is the prompt followed by the completion (VLMs' token types); split in two to move.
+JOINT_FIELDS = ("token_type_ids", "mm_token_type_ids")
 #: Loss types whose normaliser is num_items_in_batch (a token count over the generation batch).
 TOKEN_SUM_LOSSES = ("dapo", "cispo", "vespo")
+#: Loss types that divide by the number of rows in a micro-batch: padding rows would be counted (see _row_scale).
+ROW_MEAN_LOSSES = ("grpo", "sapo", "dr_grpo", "luspo")
 
 
 @dataclass
@@ -68,6 +83,17 @@ class GFPOConfig(GRPOConfig):
     all, every group keeps ``num_remains_in_group``.
     """
 
+    group_filter: str | None = field(
+        default=None,
+        metadata={
+            "help": "Name of a registered group filter ('gfpo-filters list'), e.g. 'token_efficiency' or 'length'. "
+            "The trainer's group_filter_func argument, when given, is used instead (it must not differ)."
+        },
+    )
+    group_filter_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={"help": "Parameters of group_filter, a dict (a JSON object on the command line)."},
+    )
     num_remains_in_group: int | None = field(
         default=None,
         metadata={"help": "k: completions kept per group (2 .. num_generations - 1). Required with a filter."},
@@ -100,6 +126,24 @@ class GFPOConfig(GRPOConfig):
     def __post_init__(self):
         super().__post_init__()
         self.keep_signal = keep_signal_mode(self.keep_signal)  # a mode name; an unknown one fails here
+        if self.keep_signal == "group_baseline" and self.multi_objective_aggregation == "normalize_then_sum":
+            raise ValueError(
+                "keep_signal='group_baseline' standardises the summed reward over the whole group; it does not "
+                "combine with multi_objective_aggregation='normalize_then_sum' (keep_signal=True does)"
+            )
+        if isinstance(self.group_filter_kwargs, str):
+            try:
+                self.group_filter_kwargs = json.loads(self.group_filter_kwargs)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"group_filter_kwargs must be a JSON object, got {self.group_filter_kwargs!r}") from e
+        if self.group_filter_kwargs is not None and not isinstance(self.group_filter_kwargs, dict):
+            raise ValueError(f"group_filter_kwargs must be a dict, got {type(self.group_filter_kwargs).__name__}")
+        if self.group_filter_kwargs and self.group_filter is None:
+            raise ValueError("group_filter_kwargs is set but group_filter is not: name the filter they belong to")
+        if self.group_filter is not None and self.num_remains_in_group is None:
+            raise ValueError(
+                f"group_filter={self.group_filter!r} needs num_remains_in_group (k, 2 <= k < num_generations)"
+            )
         g = self.num_generations
         k = self.num_remains_in_group
         if k is not None and (not isinstance(k, int) or not 2 <= k <= g - 1):
@@ -127,6 +171,80 @@ class GFPOConfig(GRPOConfig):
             )
 
 
+#: GRPOTrainer's constructor parameters in the installed TRL (GFPOTrainer takes them all).
+_GRPO_PARAMETERS = inspect.signature(GRPOTrainer.__init__).parameters
+
+
+def _filter_from(group_filter_func: Any, config: Any) -> Any:
+    """The run's filter: ``group_filter_func`` if given, else the one the configuration names; both must agree."""
+    name = getattr(config, "group_filter", None)
+    params = getattr(config, "group_filter_kwargs", None) or {}
+    given = resolve_filter(group_filter_func)
+    if name is None:
+        return given
+    configured = resolve_filter(name, params)
+    if given is None:
+        return configured
+    same = isinstance(given, GroupFilter) and given.name == configured.name and given.params == configured.params
+    if not same:
+        raise ValueError(
+            f"two different group filters: group_filter_func={given!r} and GFPOConfig(group_filter={name!r}, "
+            f"group_filter_kwargs={params!r}); give one of them"
+        )
+    return given
+
+
+def _side(key: str) -> str | None:
+    """Which end of a row a field's second dimension belongs to: 'prompt' (left-padded), 'completion', or None."""
+    if key in PROMPT_FIELDS or key.endswith(":prompt"):
+        return "prompt"
+    if key in COMPLETION_FIELDS or key.endswith(":completion"):
+        return "completion"
+    return None
+
+
+def _split_joint(batch: dict[str, Any]) -> dict[str, Any]:
+    """Cut (prompt + completion)-wide fields into their prompt and completion parts, so each is padded and trimmed
+    like the prompt and completion fields."""
+    width = batch["prompt_ids"].shape[1]
+    out = {}
+    for key, value in batch.items():
+        if key in JOINT_FIELDS and torch.is_tensor(value) and value.ndim == 2:
+            out[f"{key}:prompt"], out[f"{key}:completion"] = value[:, :width], value[:, width:]
+        else:
+            out[key] = value
+    return out
+
+
+def _join_joint(batch: dict[str, Any]) -> dict[str, Any]:
+    out = {key: value for key, value in batch.items() if not key.endswith((":prompt", ":completion"))}
+    for key in JOINT_FIELDS:
+        if f"{key}:prompt" in batch:
+            out[key] = torch.cat([batch[f"{key}:prompt"], batch[f"{key}:completion"]], dim=1)
+    return out
+
+
+def normalize_then_sum(per_func: np.ndarray, kept: np.ndarray, weights: np.ndarray, eps: float = 1e-4) -> np.ndarray:
+    """GFPO advantages for ``multi_objective_aggregation="normalize_then_sum"``: TRL's recipe over the kept set.
+
+    ``per_func`` is ``(n_groups, G, n_funcs)`` (NaN where a function gave no reward), ``kept`` ``(n_groups, G)``.
+    Each reward function is standardised over the kept completions of each group (population std), the results are
+    summed with the reward weights, and the sums are standardised over all kept completions of the batch. Rejected
+    completions, and those no function scored, get 0.
+    """
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices: a function that scored no kept row
+        x = np.where(kept[..., None], per_func, np.nan)
+        z = (x - np.nanmean(x, axis=1, keepdims=True)) / (np.nanstd(x, axis=1, keepdims=True) + eps)
+        summed = np.nansum(z * weights, axis=2)
+        scored = kept & ~np.isnan(x).all(axis=2)
+        values = summed[scored]
+        if values.size == 0:
+            return np.zeros(kept.shape)
+        advantages = (summed - values.mean()) / (values.std() + eps)
+    return np.where(scored, advantages, 0.0)
+
+
 class GFPOTrainer(GRPOTrainer):
     """GRPOTrainer that trains on the top ``num_remains_in_group`` completions of each group.
 
@@ -135,21 +253,22 @@ class GFPOTrainer(GRPOTrainer):
     ``f(group_completions=..., group_rewards=..., **kwargs) -> list[list[float]]`` (higher = keep).
     """
 
-    def __init__(
-        self,
-        model,
-        reward_funcs,
-        args: GFPOConfig | None = None,
-        train_dataset=None,
-        eval_dataset=None,
-        processing_class=None,
-        reward_processing_classes=None,
-        group_filter_func=None,
-        callbacks=None,
-        optimizers=(None, None),
-        peft_config=None,
-    ):
-        k = getattr(args, "num_remains_in_group", None)
+    def __init__(self, *args: Any, group_filter_func: Any = None, **kwargs: Any) -> None:
+        # Every argument of the installed GRPOTrainer, positional or by name, goes to it untouched (and so does any
+        # argument a newer TRL adds); only group_filter_func is GFPO's. The signature shown is GRPOTrainer's plus it.
+        names = [n for n in _GRPO_PARAMETERS if n != "self"]
+        at = names.index("args") if "args" in names else len(args)
+        config = kwargs["args"] if "args" in kwargs else (args[at] if len(args) > at else None)
+        if "callbacks" in names and len(args) > names.index("callbacks"):
+            callbacks = args[names.index("callbacks")]
+            if callbacks is not None and not isinstance(callbacks, (list, tuple)):
+                raise TypeError(
+                    f"GFPOTrainer's positional argument {names.index('callbacks') + 1} is GRPOTrainer's callbacks, got "
+                    f"{callbacks!r}: pass the filter by name, group_filter_func=... (TRL 1.7.1's GFPOTrainer took it "
+                    "at that position)"
+                )
+        k = getattr(config, "num_remains_in_group", None)
+        group_filter_func = _filter_from(group_filter_func, config)
         if group_filter_func is not None and k is None:
             raise ValueError(
                 "a group_filter_func was given but num_remains_in_group is not set: pass "
@@ -157,38 +276,28 @@ class GFPOTrainer(GRPOTrainer):
             )
         if group_filter_func is None and k is not None:
             raise ValueError(
-                f"num_remains_in_group={k} is set but no group_filter_func was given: pass a filter, "
-                "e.g. group_filter_func='token_efficiency' (see 'gfpo-filters list')"
+                f"num_remains_in_group={k} is set but no group_filter_func was given and GFPOConfig.group_filter is "
+                "not set: name a filter, e.g. group_filter='token_efficiency' (see 'gfpo-filters list')"
             )
-        self.group_filter_func = resolve_filter(group_filter_func)
-        super().__init__(
-            model=model,
-            reward_funcs=reward_funcs,
-            args=args,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            reward_processing_classes=reward_processing_classes,
-            callbacks=callbacks,
-            optimizers=optimizers,
-            peft_config=peft_config,
-        )
+        self.group_filter_func = group_filter_func
+        super().__init__(*args, **kwargs)
+        config = self.args
         self.num_remains_in_group = k
         if self.group_filter_func is None:
             logger.warning("GFPOTrainer without a group filter: it trains exactly like GRPOTrainer")
             return
-        if getattr(self, "multi_objective_aggregation", "sum_then_normalize") != "sum_then_normalize":
-            raise ValueError(
-                "GFPOTrainer needs multi_objective_aggregation='sum_then_normalize': GFPO standardises one "
-                "reward per completion over the kept set"
-            )
         self._filter_kwargs = accepted_kwargs(self.group_filter_func)
         self._adaptive = None
-        if args.adaptive_k is not None:
-            self._adaptive = AdaptiveK(args.adaptive_k, k, args.adaptive_warmup_steps, args.adaptive_window)
+        if config.adaptive_k is not None:
+            self._adaptive = AdaptiveK(config.adaptive_k, k, config.adaptive_warmup_steps, config.adaptive_window)
         self._rewards_capture: tuple[Any, ...] | None = None
 
     # ------------------------------------------------------------------ GRPOTrainer hooks
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        scale = getattr(self, "_loss_scale", 1.0) if self.model.training else 1.0
+        return loss * scale if scale != 1.0 else loss
+
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._rewards_capture = (prompts, completions, completion_ids_list, rewards_per_func)
@@ -211,11 +320,6 @@ class GFPOTrainer(GRPOTrainer):
     def _filter_batch(self, output, prompts, completions, completion_ids_list, rewards_per_func):
         """Translate TRL's generation batch into groups, run the GFPO step, and keep the selected rows."""
         acc = self.accelerator
-        present = [f for f in MULTIMODAL_FIELDS if f in output]
-        if present:
-            raise NotImplementedError(
-                f"GFPOTrainer does not support vision-language batches yet (batch fields {present})"
-            )
         g = self.num_generations
         n_local = len(prompts)
 
@@ -247,9 +351,14 @@ class GFPOTrainer(GRPOTrainer):
             filter_kwargs=self._filter_kwargs,
             keep_signal=getattr(self.args, "keep_signal", "off"),
         )
+        advantages = result.advantages
+        if getattr(self, "multi_objective_aggregation", "sum_then_normalize") == "normalize_then_sum":
+            per_func = rewards_per_func.double().cpu().numpy().reshape(-1, g, rewards_per_func.shape[1])
+            advantages = normalize_then_sum(per_func, result.kept, weights.double().cpu().numpy())
+            result.advantages = advantages
         self._log_selection(result, n_total)
         # Keep only the selected rows, spread evenly over processes.
-        return self._select_rows(output, result.kept.reshape(-1), result.advantages.reshape(-1), n_local)
+        return self._select_rows(output, result.kept.reshape(-1), advantages.reshape(-1), n_local)
 
     def _broadcast_scores(self, scores: np.ndarray) -> np.ndarray:
         """Process 0's scores on every process, so that all keep the same rows."""
@@ -258,34 +367,49 @@ class GFPOTrainer(GRPOTrainer):
         return out.cpu().numpy()
 
     def _select_rows(self, output, kept_flat, advantages_flat, n_local):
+        """Keep the selected rows of every per-row field, spread evenly over processes, padded to equal micro-batches.
+
+        Per-row fields are tensors whose first dimension is the row, and lists with one entry per row (``num_images``,
+        and image tensors, which TRL's ``split_pixel_values_by_grid`` cuts into one entry per row: a row's images
+        travel with it). Tensors move between processes with tensor gathers, lists (and row tensors of unknown
+        layout) as objects.
+        """
         acc = self.accelerator
         rank, world = acc.process_index, acc.num_processes
         kept_rows = np.flatnonzero(kept_flat)  # global row indices, in order
         n_kept = kept_rows.size
+        output = _split_joint(split_pixel_values_by_grid(output))
 
-        row_fields = {
-            key: value
-            for key, value in output.items()
-            if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == n_local and key != "advantages"
-        }
-        unknown = [key for key in row_fields if key not in PROMPT_FIELDS and key not in COMPLETION_FIELDS]
-        if unknown and world > 1:
-            raise NotImplementedError(
-                f"GFPOTrainer cannot redistribute batch fields {unknown} across processes; "
-                "please report this with your TRL version"
-            )
+        tensors, objects, stacked = {}, {}, set()
+        for key, value in output.items():
+            if key == "advantages" or not (isinstance(value, list) or (torch.is_tensor(value) and value.ndim >= 1)):
+                continue
+            if len(value) != n_local:
+                raise NotImplementedError(
+                    f"GFPOTrainer cannot tell which rows batch field {key!r} belongs to: it has {len(value)} entries "
+                    f"for {n_local} rows; please report this with your TRL version and model"
+                )
+            if isinstance(value, list):
+                objects[key] = value
+            elif _side(key) is None and world > 1:
+                objects[key], stacked = list(value), stacked | {key}  # unknown layout: moved as one object per row
+            else:
+                tensors[key] = value
 
         # This process's kept rows (local indices) and their loss tokens, for num_items_in_batch.
         local = (kept_rows >= rank * n_local) & (kept_rows < (rank + 1) * n_local)
-        local_idx = torch.as_tensor(kept_rows[local] - rank * n_local, device=acc.device)
+        local_list = (kept_rows[local] - rank * n_local).tolist()
+        local_idx = torch.as_tensor(local_list, dtype=torch.long, device=acc.device)
         mask = output["completion_mask"] * output["tool_mask"] if "tool_mask" in output else output["completion_mask"]
         kept_tokens = mask[local_idx].sum().reshape(1).to(torch.float32)
         num_items = acc.gather(kept_tokens).sum() if world > 1 else kept_tokens.sum()
 
         # All kept rows in global order (on many processes: gathered from every process).
-        rows = {key: value[local_idx] for key, value in row_fields.items()}
+        rows = {key: value[local_idx] for key, value in tensors.items()}
+        objs = {key: [value[i] for i in local_list] for key, value in objects.items()}
         if world > 1:
             rows = self._gather_kept_rows(rows, kept_rows, n_local)
+            objs = {key: gather_object(value) for key, value in objs.items()}
 
         # Balanced contiguous shares, each padded to the same multiple of steps_per_generation.
         share = [n_kept // world + (1 if r < n_kept % world else 0) for r in range(world)]
@@ -293,6 +417,7 @@ class GFPOTrainer(GRPOTrainer):
         per_rank = max(1, math.ceil(max(share) / chunks)) * chunks
         begin = sum(share[:rank])
         fields = {key: value[begin : begin + share[rank]] for key, value in rows.items()}
+        lists = {key: value[begin : begin + share[rank]] for key, value in objs.items()}
         advantages = torch.as_tensor(advantages_flat[kept_rows[begin : begin + share[rank]]], dtype=torch.float32)
         n_pad = per_rank - share[rank]
         if n_pad:
@@ -303,18 +428,55 @@ class GFPOTrainer(GRPOTrainer):
                 if key == "completion_mask":
                     pad_rows.zero_()
                 fields[key] = torch.cat([value, pad_rows])
+            for key, value in lists.items():
+                lists[key] = value + objs[key][:1] * n_pad
             advantages = torch.cat([advantages, torch.zeros(n_pad)])
 
         fields = self._trim_completion_width(fields)
-        result = {key: value for key, value in output.items() if key not in row_fields}
+        for key in stacked:
+            fields[key] = torch.stack(lists.pop(key)).to(output[key][0].device)
+        result = {key: value for key, value in output.items() if key not in tensors and key not in objects}
         result.update(fields)
+        result.update(lists)
         result["advantages"] = advantages.to(output["advantages"].device, output["advantages"].dtype)
         if getattr(self.args, "gfpo_loss_normalizer", "kept") == "kept":
             result["num_items_in_batch"] = num_items.to(output["num_items_in_batch"].dtype).reshape(
                 output["num_items_in_batch"].shape
             )  # else GRPO's count over all G completions stays: the paper's Eq. 2
+        self._loss_scale = self._row_scale(n_kept, per_rank * world)
         self._metrics["train"]["gfpo/padding_rows"].append(float(n_pad))
-        return result
+        return unsplit_pixel_values_by_grid(_join_joint(result))
+
+    def _row_scale(self, n_kept: int, n_rows: int) -> float:
+        """Factor that makes a row-mean loss over ``n_rows`` rows (``n_rows - n_kept`` of them padding) a mean over the
+        ``n_kept`` kept rows.
+
+        TRL's ``grpo``, ``sapo``, ``luspo`` and ``dr_grpo`` divide each micro-batch's loss by its number of rows, and
+        every micro-batch has ``n_rows / (processes * steps_per_generation)`` rows, so the step's loss is the sum of
+        the per-row losses over ``n_rows``; times ``n_rows / n_kept`` it is their sum over ``n_kept``, exactly what TRL
+        computes on a batch of the kept rows alone. The other losses divide by token counts, to which padding rows
+        (empty completion mask) add nothing: factor 1.
+        """
+        if n_rows == n_kept or n_kept == 0 or self.loss_type not in ROW_MEAN_LOSSES:
+            return 1.0
+        # Only the policy and KL terms are row means; a loss with other terms cannot be rescaled as a whole.
+        others = [
+            name
+            for name, on in (
+                ("an entropy bonus (entropy_coef)", getattr(self, "_entropy_bonus_enabled", False)),
+                ("a router auxiliary loss (router_aux_loss_coef)", getattr(self, "aux_loss_enabled", False)),
+                ("use_liger_kernel", getattr(self.args, "use_liger_kernel", False)),
+            )
+            if on
+        ]
+        if others:
+            raise ValueError(
+                f"GFPOTrainer: {n_kept} kept rows need {n_rows - n_kept} padding row(s) to fill equal micro-batches, "
+                f"and loss_type={self.loss_type!r} with {' and '.join(others)} cannot be corrected for them exactly. "
+                "Choose num_remains_in_group so that per_device_train_batch_size * k is a multiple of num_generations "
+                "(then no padding is needed), or use a token-normalised loss_type ('dapo', 'bnpo', 'cispo', 'vespo')."
+            )
+        return n_rows / n_kept
 
     def _gather_kept_rows(self, rows, kept_rows, n_local):
         """Every process's kept rows, concatenated in global row order, padded to common widths.
@@ -332,7 +494,7 @@ class GFPOTrainer(GRPOTrainer):
             pad_value = PROMPT_FIELDS.get(key, COMPLETION_FIELDS.get(key, 0))
             pad_value = pad_id if pad_value == "pad" else pad_value
             if value.ndim >= 2:
-                value = acc.pad_across_processes(value, dim=1, pad_index=pad_value, pad_first=key in PROMPT_FIELDS)
+                value = acc.pad_across_processes(value, dim=1, pad_index=pad_value, pad_first=_side(key) == "prompt")
             value = acc.pad_across_processes(value, dim=0, pad_index=pad_value)
             everything = acc.gather(value)
             gathered[key] = torch.cat([everything[r * most : r * most + counts[r]] for r in range(acc.num_processes)])
@@ -350,10 +512,8 @@ class GFPOTrainer(GRPOTrainer):
         full = fields["completion_mask"].shape[1]
         if width >= full:
             return fields
-        return {
-            key: value[:, :width] if key in COMPLETION_FIELDS and value.ndim >= 2 and value.shape[1] == full else value
-            for key, value in fields.items()
-        }
+        trim = {key for key, v in fields.items() if _side(key) == "completion" and v.ndim >= 2 and v.shape[1] == full}
+        return {key: value[:, :width] if key in trim else value for key, value in fields.items()}
 
     # ------------------------------------------------------------------ logging
     def _log_selection(self, result, n_total):
@@ -386,3 +546,14 @@ class GFPOTrainer(GRPOTrainer):
                 return
             with open(path) as f:
                 self._adaptive.load_state_dict(json.load(f)["adaptive"])
+
+
+def _init_signature() -> inspect.Signature:
+    """GRPOTrainer's constructor signature plus the keyword-only ``group_filter_func`` (what help() and IDEs show)."""
+    params = list(_GRPO_PARAMETERS.values())
+    plain = [p for p in params if p.kind is not p.VAR_KEYWORD]
+    extra = inspect.Parameter("group_filter_func", inspect.Parameter.KEYWORD_ONLY, default=None)
+    return inspect.Signature([*plain, extra, *[p for p in params if p.kind is p.VAR_KEYWORD]])
+
+
+GFPOTrainer.__init__.__signature__ = _init_signature()

@@ -1,9 +1,15 @@
 """The ``learned`` filter: score completions with a learned model (higher = keep).
 
+The built-in scorer lives in this package: ``features`` (hashed n-grams and group features),
+``model`` (the model and its checkpoints), ``training`` and ``report`` (``train_scorer`` and its
+validation report), ``cli`` (``gfpo-filters train-scorer``). Importing the filter imports none of
+``training``, ``report`` or ``cli`` (nor argparse or tqdm), and torch only when a filter is built.
+
 Three kinds of model (exactly one of ``checkpoint`` / ``model``):
 
-* ``checkpoint="scorer.pt"``: the built-in hashed-n-gram scorer (:mod:`gfpo_filters.scorer`),
-  trained with ``gfpo-filters train-scorer``;
+* ``checkpoint="scorer.pt"``: the built-in hashed-n-gram scorer
+  (:class:`~gfpo_filters.filters.learned.model.HashedNgramScorer`), trained with
+  ``gfpo-filters train-scorer``;
 * ``model=<torch.nn.Module>``: your module, called on a :class:`CompletionBatch` (the batch
   contract below), or, with ``tokenizer=...``, called as ``model(input_ids=..., attention_mask=...)``;
 * ``model="path/to/dir"``: a local Hugging Face sequence-classification model (a reward model)
@@ -26,6 +32,7 @@ from gfpo_filters.base import GroupFilter
 from gfpo_filters.errors import FilterOutputError, GroupInputError
 from gfpo_filters.groups import Groups, completion_text
 from gfpo_filters.hookspecs import hookimpl
+from gfpo_filters.params import check_bool, check_choice, check_int
 
 RANK_BY = ("reward", "reward_per_token")
 BUILTIN_BATCH = 4096
@@ -85,7 +92,8 @@ class LearnedFilter(GroupFilter):
             tokens for ``rank_by="reward_per_token"`` when the trainer passes no token information.
         rank_by: ``"reward"`` (the model's output) or ``"reward_per_token"`` (output / length,
             see docs/filters/learned.md for outputs <= 0).
-        batch_size: completions per forward pass (default 4096 for the built-in scorer, 32 otherwise).
+        batch_size: completions per forward pass (default 4096 for the built-in scorer, in whole
+            groups, 32 otherwise).
         max_length: truncate tokenised inputs to this many tokens (default: the smaller of the
             tokenizer's ``model_max_length`` and the model's ``max_position_embeddings``).
         device: where to load a checkpoint or a model directory (default: CUDA if available,
@@ -114,16 +122,12 @@ class LearnedFilter(GroupFilter):
         include_prompt: bool = False,
     ) -> None:
         self.checkpoint, self.model, self.tokenizer = checkpoint, model, tokenizer
-        self.rank_by = rank_by
-        self.batch_size, self.max_length, self.device = batch_size, max_length, device
-        self.label, self.include_prompt = label, include_prompt
-        if rank_by not in RANK_BY:
-            raise self.param_error("rank_by", f"must be one of {RANK_BY}, got {rank_by!r}")
-        for pname, value in (("batch_size", batch_size), ("max_length", max_length)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
-                raise self.param_error(pname, f"must be a positive int or None, got {value!r}")
-        if label is not None and (isinstance(label, bool) or not isinstance(label, (int, np.integer)) or label < 0):
-            raise self.param_error("label", f"must be a non-negative int or None, got {label!r}")
+        self.device = device
+        self.rank_by = check_choice(self, "rank_by", rank_by, RANK_BY)
+        self.batch_size = check_int(self, "batch_size", batch_size, low=1, optional=True)
+        self.max_length = check_int(self, "max_length", max_length, low=1, optional=True)
+        self.label = check_int(self, "label", label, low=0, optional=True)
+        self.include_prompt = check_bool(self, "include_prompt", include_prompt)
         if (checkpoint is None) == (model is None):
             raise self.param_error(
                 "checkpoint" if checkpoint is None else "model",
@@ -137,12 +141,19 @@ class LearnedFilter(GroupFilter):
         self._module = None
         self._hf_tokenizer = None
         if checkpoint is not None:
-            from gfpo_filters.scorer import HashedNgramScorer
+            from gfpo_filters.filters.learned.model import HashedNgramScorer
 
             if tokenizer is not None and not callable(tokenizer) and not hasattr(tokenizer, "encode_batch"):
                 raise self.param_error("tokenizer", f"cannot count tokens with a {type(tokenizer).__name__}")
             self._scorer = HashedNgramScorer.load(checkpoint, device=self._default_device(device))
             self._kind = "builtin"
+            if rank_by == "reward_per_token" and not self._scorer.predicts_reward:
+                raise self.param_error(
+                    "rank_by",
+                    f"'reward_per_token' divides a predicted reward by the length, but {str(checkpoint)!r} was "
+                    f"trained with objective {self._scorer.objective!r}: its output only orders a group. "
+                    "Train with --objective pointwise for a reward, or use rank_by='reward'",
+                )
         elif isinstance(model, (str, Path)):
             self._module, self._hf_tokenizer = self._load_hf_directory(Path(model), tokenizer, device)
             self._kind = "tokenized"
@@ -202,7 +213,8 @@ class LearnedFilter(GroupFilter):
     # ------------------------------------------------------------------ scoring
     def score(self, groups: Groups) -> np.ndarray:
         if self._kind == "builtin":
-            pred = self._scorer.predict(groups.flat_texts(), self.batch_size or BUILTIN_BATCH)
+            per_chunk = max(1, (self.batch_size or BUILTIN_BATCH) // max(groups.group_size, 1))
+            pred = self._scorer.predict(groups.flat_texts(), groups.shape, per_chunk)
         else:
             pred = self._predict_module(groups)
         pred = pred.reshape(groups.shape)

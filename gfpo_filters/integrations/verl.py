@@ -1,0 +1,385 @@
+"""GFPO on verl: a replay buffer for verl's v1 trainer that trains on the top k of each group.
+
+verl's v1 trainer takes its replay buffer from the config; this one samples as verl does, then
+keeps the top ``num_remains_in_group`` sessions of each prompt and drops the rest before the
+old/ref log-probs, the advantages and the actor update ever see them::
+
+    trainer.v1.sampler.custom_sampler.path=pkg://gfpo_filters.integrations.verl
+    trainer.v1.sampler.custom_sampler.name=GFPOReplayBuffer
+    +trainer.v1.sampler.sampler_kwargs.filter=token_efficiency
+    +trainer.v1.sampler.sampler_kwargs.num_remains_in_group=4
+
+On each ``sample`` it:
+
+1. takes the batch verl's own ``ReplayBuffer`` (or ``ReplayBufferAsync`` in the async modes)
+   selected, and groups its trajectories by uid; a session (``{uid}_{session}``) is one
+   completion, and a session with several outputs stays whole,
+2. reads each session's token ids (``responses``, outputs concatenated) and reward (the
+   ``rm_scores`` sum of its last output, the one verl's GRPO reads) from TransferQueue,
+3. calls the engine-neutral GFPO step (:func:`gfpo_filters.step.gfpo_step`) once on all groups,
+4. clears the rejected sessions' keys from TransferQueue and returns the kept batch with
+   ``gfpo/*`` metrics. verl's GRPO then standardises rewards per uid, that is over the kept set.
+
+Validation batches (partition ``val``) are not filtered.
+
+verl internals this relies on (checked on verl 0.9.1 with TransferQueue 0.1.11):
+``verl.trainer.ppo.v1.replay_buffer.ReplayBuffer`` and ``ReplayBufferAsync`` (constructor keywords
+``trainer_mode, trainer_config, max_off_policy_threshold, max_off_policy_strategy, sampler_kwargs,
+refill_fn``; ``sample(global_steps, partition_id, batch_size) -> (KVBatchMeta, metrics)``), as
+``PPOTrainer._build_replay_buffer`` builds a custom sampler; trajectory keys
+``{uid}_{session_id}_{index}`` with fields ``responses`` and ``rm_scores`` (token-level, the
+reward on the last token) as ``agent_loop_tq`` writes them; ``transfer_queue.kv_batch_get`` /
+``kv_clear`` and ``KVBatchMeta.select_keys``; ``sampler_kwargs`` being a node of the trainer's
+whole OmegaConf config (``_get_root()``), from which the construction checks read
+``actor_rollout_ref.rollout.n``, ``reward.reward_model.{enable,enable_resource_pool}`` (verl
+computes rewards before sampling only for rule-based or separately placed reward models), and
+the batch sizes of ``PPOTrainer._get_required_batch_multiple``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+try:
+    import transfer_queue as tq
+    from omegaconf import DictConfig, OmegaConf
+    from transfer_queue import KVBatchMeta
+    from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer, ReplayBufferAsync
+except ImportError as e:
+    raise ImportError(
+        f"gfpo_filters.integrations.verl needs verl 0.9.1 and TransferQueue ({e}): pip install 'gfpo-filters[verl]'"
+    ) from e
+
+from gfpo_filters.adaptive import AdaptiveK
+from gfpo_filters.errors import GFPOFilterWarning
+from gfpo_filters.step import accepted_kwargs, gfpo_step, resolve_filter, selection_metrics
+
+logger = logging.getLogger(__name__)
+
+#: The ``trainer.v1.sampler.sampler_kwargs`` this buffer reads.
+SAMPLER_KWARGS = (
+    "filter",
+    "num_remains_in_group",
+    "filter_params",
+    "adaptive_k",
+    "adaptive_warmup_steps",
+    "adaptive_window",
+    "tokenizer",
+)
+PREFIX = "trainer.v1.sampler.sampler_kwargs"
+
+
+class GFPOReplayBuffer(ReplayBuffer):
+    """verl's replay buffer, keeping the top ``num_remains_in_group`` sessions of each prompt.
+
+    ``sampler_kwargs`` (``trainer.v1.sampler.sampler_kwargs``):
+
+    * ``filter``: a registered filter name (``gfpo-filters list``) or, from Python, any
+      ``group_filter_func`` callable. Required.
+    * ``num_remains_in_group``: k, sessions kept per prompt, 2 <= k < ``rollout.n``. Required.
+    * ``filter_params``: the filter's parameters (a mapping), optional.
+    * ``adaptive_k``, ``adaptive_warmup_steps``, ``adaptive_window``: Adaptive Difficulty GFPO
+      (see ``docs/adaptive.md``); ``num_remains_in_group`` is then the warm-up k.
+    * ``tokenizer``: a Hugging Face tokenizer path (e.g. ``${actor_rollout_ref.model.path}``);
+      with it, filters get decoded text as completions, else token-id lists. Token ids and
+      lengths are passed either way.
+
+    In the async trainer modes it builds :class:`GFPOReplayBufferAsync` instead, so the one name
+    serves every ``trainer.v1.trainer_mode``.
+    """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> GFPOReplayBuffer:
+        mode = kwargs.get("trainer_mode", args[0] if args else "sync")
+        if mode != "sync" and cls is GFPOReplayBuffer:
+            cls = GFPOReplayBufferAsync
+        elif mode == "sync" and issubclass(cls, ReplayBufferAsync):
+            raise ValueError(
+                f"{cls.__name__} is for verl's async trainer modes; with trainer_mode='sync' use "
+                "trainer.v1.sampler.custom_sampler.name=GFPOReplayBuffer"
+            )
+        return object.__new__(cls)
+
+    def __init__(
+        self,
+        trainer_mode: str,
+        trainer_config: Any,
+        max_off_policy_threshold: int | None,
+        max_off_policy_strategy: str,
+        sampler_kwargs: Any,
+        poll_interval: float = 2.0,
+        refill_fn: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            trainer_mode=trainer_mode,
+            trainer_config=trainer_config,
+            max_off_policy_threshold=max_off_policy_threshold,
+            max_off_policy_strategy=max_off_policy_strategy,
+            sampler_kwargs=sampler_kwargs,
+            poll_interval=poll_interval,
+            refill_fn=refill_fn,
+            **kwargs,
+        )
+        root = sampler_kwargs._get_root() if isinstance(sampler_kwargs, DictConfig) else None
+        options = _plain(sampler_kwargs)
+        unknown = sorted(set(options) - set(SAMPLER_KWARGS))
+        if unknown:
+            raise ValueError(f"{PREFIX}: unknown keys {unknown}; GFPOReplayBuffer reads {list(SAMPLER_KWARGS)}")
+        if options.get("filter") is None:
+            raise ValueError(
+                f"{PREFIX}.filter is not set: name a group filter, e.g. "
+                f"+{PREFIX}.filter=token_efficiency (see 'gfpo-filters list')"
+            )
+        self.group_filter = resolve_filter(options["filter"], options.get("filter_params"))
+        n = self.rollout_n = _get(root, "actor_rollout_ref.rollout.n")
+        self.num_remains_in_group = _check_k(options.get("num_remains_in_group"), n)
+        self._adaptive = None
+        if options.get("adaptive_k") is not None:
+            self._adaptive = AdaptiveK(
+                _check_adaptive_k(options["adaptive_k"], n),
+                self.num_remains_in_group,
+                int(options.get("adaptive_warmup_steps", 0)),
+                int(options.get("adaptive_window", 4096)),
+            )
+        self.tokenizer = _load_tokenizer(options.get("tokenizer"))
+        self._filter_kwargs = accepted_kwargs(self.group_filter)
+        if root is not None:
+            _check_reward_at_sampling(root)
+            _check_batch_sizes(root, trainer_mode, self.num_remains_in_group, self._adaptive is not None)
+            if _get(root, "algorithm.filter_groups.enable"):
+                _warn(
+                    "algorithm.filter_groups (DAPO dynamic sampling) is ignored: verl 0.9 applies it only in its "
+                    "built-in replay buffer, not in a custom sampler such as GFPOReplayBuffer"
+                )
+
+    def sample(self, global_steps: int, partition_id: str, batch_size: int) -> tuple[KVBatchMeta, dict]:
+        """verl's sample, then the GFPO selection on the training partition."""
+        batch, metrics = super().sample(global_steps=global_steps, partition_id=partition_id, batch_size=batch_size)
+        if partition_id == "val" or len(batch) == 0:
+            return batch, metrics
+        kept, gfpo_metrics = self.filter_batch(batch, global_steps)
+        return kept, {**metrics, **gfpo_metrics}
+
+    def filter_batch(self, batch: KVBatchMeta, global_steps: int = 0) -> tuple[KVBatchMeta, dict[str, float]]:
+        """Keep the top k sessions of each uid in ``batch``; clear the other keys from TransferQueue."""
+        groups = _Groups.of(batch.keys, self.rollout_n)
+        fields = ["responses", "rm_scores"]
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
+        if "rm_scores" not in data.keys():
+            raise RuntimeError(
+                "GFPOReplayBuffer: the sampled trajectories have no rm_scores, so there are no rewards to select "
+                "by. " + REWARD_ADVICE
+            )
+        tokens, n_tokens = _rows(data["responses"])
+        row_ids = [ids.tolist() for ids in np.split(tokens, np.cumsum(n_tokens)[:-1])]
+        scores, n_scores = _rows(data["rm_scores"])
+        row_rewards = np.bincount(np.repeat(np.arange(len(batch)), n_scores), weights=scores, minlength=len(batch))
+        rewards, lengths, completion_ids = groups.sessions(row_rewards, n_tokens, row_ids)
+        completions = completion_ids
+        if self.tokenizer is not None:
+            flat = self.tokenizer.batch_decode([c for group in completion_ids for c in group], skip_special_tokens=True)
+            completions = [flat[i : i + groups.g] for i in range(0, len(flat), groups.g)]
+        prompts = self._prompts(batch, groups) if "prompts" in self._filter_kwargs else None
+
+        result = gfpo_step(
+            self.group_filter,
+            completions=completions,
+            rewards=rewards,
+            k=self.num_remains_in_group,
+            completion_ids=completion_ids,
+            lengths=lengths,
+            prompts=prompts,
+            adaptive=self._adaptive,
+            global_step=global_steps,
+            filter_kwargs=self._filter_kwargs,
+        )
+        kept = result.kept & groups.present
+        metrics = dict(result.metrics)
+        if not groups.present.all():  # failed sessions (never kept): count only the sessions that exist
+            metrics.update(selection_metrics(rewards, lengths, kept, result.k, result.buckets))
+            metrics["gfpo/all_length_mean"] = float(lengths[groups.present].mean())
+        keep_row = kept[groups.row_group, groups.row_session]
+        rejected = [key for key, keep in zip(batch.keys, keep_row) if not keep]
+        if rejected:
+            tq.kv_clear(keys=rejected, partition_id=batch.partition_id)
+        metrics["gfpo/sampled_rows"] = float(len(batch))
+        metrics["gfpo/kept_rows"] = float(keep_row.sum())
+        return batch.select_keys([key for key, keep in zip(batch.keys, keep_row) if keep]), metrics
+
+    def _prompts(self, batch: KVBatchMeta, groups: _Groups) -> list[Any] | None:
+        """One prompt per group (``raw_prompt`` of its first row) for filters that take prompts; None if absent."""
+        keys = [batch.keys[i] for i in groups.first_row]
+        data = tq.kv_batch_get(keys=keys, partition_id=batch.partition_id, select_fields=["raw_prompt"])
+        return list(data["raw_prompt"]) if "raw_prompt" in data.keys() else None
+
+
+class GFPOReplayBufferAsync(GFPOReplayBuffer, ReplayBufferAsync):
+    """:class:`GFPOReplayBuffer` over verl's ``ReplayBufferAsync`` (trainer modes ``colocate_async`` and
+    ``separate_async``): eviction of stale and failed groups, refills and waiting stay verl's."""
+
+
+REWARD_ADVICE = (
+    "verl has rewards when the replay buffer samples only with a rule-based reward "
+    "(reward.reward_model.enable=False) or a reward model on its own GPUs "
+    "(reward.reward_model.enable_resource_pool=True); a colocated reward model scores after sampling."
+)
+
+
+class _Groups:
+    """Where each row of a batch sits: group (uid, in first-seen order), session, output index."""
+
+    def __init__(
+        self, row_group: np.ndarray, row_session: np.ndarray, row_index: np.ndarray, n_groups: int, g: int | None
+    ) -> None:
+        self.row_group, self.row_session, self.row_index = row_group, row_session, row_index
+        self.n_groups = n_groups
+        # G: rollout.n where known (sessions that failed in every group still count), else the sessions seen.
+        self.g = max(g or 0, int(row_session.max()) + 1 if row_session.size else 0)
+        self.present = np.zeros((n_groups, self.g), dtype=bool)
+        self.present[row_group, row_session] = True
+        self.first_row = np.unique(row_group, return_index=True)[1]  # groups are numbered in first-seen order
+
+    @classmethod
+    def of(cls, keys: Sequence[str], g: int | None = None) -> _Groups:
+        parts = [key.rsplit("_", 2) for key in keys]
+        bad = [key for key, p in zip(keys, parts) if len(p) != 3 or not (p[1].isdigit() and p[2].isdigit())]
+        if bad:
+            raise ValueError(f"GFPOReplayBuffer: keys {bad[:3]} are not verl trajectory keys {{uid}}_{{session}}_{{i}}")
+        uids = {uid: i for i, uid in enumerate(dict.fromkeys(p[0] for p in parts))}
+        row_group = np.array([uids[p[0]] for p in parts], dtype=np.int64)
+        row_session = np.array([int(p[1]) for p in parts], dtype=np.int64)
+        row_index = np.array([int(p[2]) for p in parts], dtype=np.int64)
+        return cls(row_group, row_session, row_index, len(uids), g)
+
+    def sessions(
+        self, row_rewards: np.ndarray, row_tokens: np.ndarray, row_ids: list[list[int]]
+    ) -> tuple[np.ndarray, np.ndarray, list[list[list[int]]]]:
+        """Per session: the reward of its last output, its tokens over all outputs, its ids concatenated.
+
+        A session with no row (failed) gets reward NaN, which ranks it below every session with a
+        reward, no ids and length 1 (not 0, which length filters would report as an empty completion).
+        """
+        shape = (self.n_groups, self.g)
+        rewards = np.full(shape, np.nan)
+        lengths = np.zeros(shape, dtype=np.int64)
+        np.add.at(lengths, (self.row_group, self.row_session), row_tokens)
+        lengths[~self.present] = 1
+        ids: list[list[list[int]]] = [[[] for _ in range(self.g)] for _ in range(self.n_groups)]
+        # Outputs in order of (group, session, index): the last one written is the session's last output.
+        for i in np.lexsort((self.row_index, self.row_session, self.row_group)):
+            gi, si = self.row_group[i], self.row_session[i]
+            rewards[gi, si] = row_rewards[i]
+            ids[gi][si].extend(row_ids[i])
+        return rewards, lengths, ids
+
+
+def _rows(t: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """A batch field, one row per trajectory (jagged nested, or regular when all rows are equally
+    long), as its flat values and the number of values in each row."""
+    if t.is_nested:
+        return t.values().numpy(), t.offsets().diff().numpy()
+    flat = t.reshape(len(t), -1)
+    return flat.reshape(-1).numpy(), np.full(len(t), flat.shape[1], dtype=np.int64)
+
+
+def _plain(node: Any) -> dict[str, Any]:
+    if node is None:
+        return {}
+    if isinstance(node, DictConfig):
+        return OmegaConf.to_container(node, resolve=True)
+    return dict(node)
+
+
+def _get(root: Any, path: str) -> Any:
+    return None if root is None else OmegaConf.select(root, path, default=None)
+
+
+def _check_k(k: Any, n: int | None) -> int:
+    if k is None:
+        raise ValueError(
+            f"{PREFIX}.num_remains_in_group is not set: give k, the sessions kept per prompt, "
+            f"e.g. +{PREFIX}.num_remains_in_group=4 (2 <= k < actor_rollout_ref.rollout.n)"
+        )
+    if isinstance(k, bool) or not isinstance(k, int) or k < 2 or (n is not None and k >= n):
+        top = f"{n - 1} (actor_rollout_ref.rollout.n={n})" if n else "rollout.n - 1"
+        raise ValueError(
+            f"{PREFIX}.num_remains_in_group={k!r} is out of range: it must be an int from 2 to {top}; "
+            "k=1 leaves no reward variance, so every advantage would be 0, and k=n is plain GRPO"
+        )
+    return k
+
+
+def _check_adaptive_k(values: Any, n: int | None) -> list[int]:
+    values = list(values)
+    if len(values) != 4 or not all(
+        isinstance(v, int) and not isinstance(v, bool) and 2 <= v <= (n or v) for v in values
+    ):
+        raise ValueError(
+            f"{PREFIX}.adaptive_k={values!r} must be 4 ints (very hard, hard, medium, easy), each from 2 to "
+            f"actor_rollout_ref.rollout.n={n}"
+        )
+    return values
+
+
+def _load_tokenizer(tokenizer: Any) -> Any:
+    if tokenizer is None or not isinstance(tokenizer, str):
+        return tokenizer
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tokenizer)
+
+
+def _check_reward_at_sampling(root: DictConfig) -> None:
+    if _get(root, "reward.reward_model.enable") and not _get(root, "reward.reward_model.enable_resource_pool"):
+        raise ValueError(
+            "GFPOReplayBuffer selects by reward when it samples, but reward.reward_model.enable=True with "
+            "enable_resource_pool=False scores only after sampling. " + REWARD_ADVICE
+        )
+
+
+def _check_batch_sizes(root: DictConfig, mode: str, k: int, adaptive: bool) -> None:
+    """Warn when verl would pad the kept rows back up with synthetic ones (see docs/verl.md)."""
+    n = _get(root, "actor_rollout_ref.rollout.n")
+    prompts = _get(root, "data.train_batch_size")
+    mini = _get(root, "actor_rollout_ref.actor.ppo_mini_batch_size")
+    if not all(isinstance(v, int) for v in (n, prompts, mini)):
+        return
+    prompts //= _get(root, f"trainer.v1.{mode}.parameter_sync_step") or 1
+    multiple = mini * n  # as PPOTrainer._get_required_batch_multiple, leaving out the data-parallel size
+    critic_mini = _get(root, "critic.ppo_mini_batch_size")
+    critic = _get(root, "critic.enable")
+    critic = _get(root, "algorithm.adv_estimator") == "gae" if critic is None else critic  # as verl's need_critic
+    if critic and isinstance(critic_mini, int):
+        multiple = math.lcm(multiple, critic_mini * n)
+    rows = prompts * k
+    pad = -rows % multiple  # the synthetic rows upsample_batch_to_divisible_size adds
+    if pad == 0:
+        return
+    one_step = rows // n if rows % n == 0 else None  # the ppo_mini_batch_size of one optimizer step per batch
+    fix = (
+        f"set actor_rollout_ref.actor.ppo_mini_batch_size to a divisor of {one_step} (train_batch_size * k / "
+        f"rollout.n), e.g. {one_step} for one optimizer step per batch"
+        if one_step
+        else f"make the prompts per step a multiple of {n // math.gcd(n, k)} (rollout.n / gcd(rollout.n, k)) "
+        f"and ppo_mini_batch_size a divisor of prompts * k / rollout.n"
+    )
+    if critic:
+        fix += " (and critic.ppo_mini_batch_size likewise)"
+    message = (
+        f"GFPO keeps {prompts} prompts x k={k} = {rows} rows per step, but verl pads a batch to a multiple of "
+        f"ppo_mini_batch_size * rollout.n = {multiple}: {pad} synthetic rows per step"
+        f"{' (warm-up k; adaptive k varies)' if adaptive else ''}. To train on the kept rows only, {fix}."
+    )
+    _warn(message)
+
+
+def _warn(message: str) -> None:
+    logger.warning(message)
+    warnings.warn(message, GFPOFilterWarning, stacklevel=4)
