@@ -113,6 +113,8 @@ class GFPOStepResult:
     k: np.ndarray  # (n_groups,)
     buckets: np.ndarray | None = None  # (n_groups,) adaptive-k bucket, -1 for groups with no reward
     metrics: dict[str, float] = field(default_factory=dict)
+    top: np.ndarray | None = None  # the filter's own top k, before keep_signal
+    signal: np.ndarray | None = None  # (n_groups,) the rewards the advantages standardise take two values
 
 
 def group_rows(rows: Sequence[Any], group_size: int) -> list[list[Any]]:
@@ -232,7 +234,7 @@ def gfpo_step(
     kept, advantages = sel.kept, sel.advantages
     metrics = selection_metrics(rewards, lengths, kept, k_groups, buckets, top=sel.top, signal=sel.signal)
     metrics["gfpo/filter_seconds"] = filter_seconds
-    return GFPOStepResult(scores, kept, advantages, k_groups, buckets, metrics)
+    return GFPOStepResult(scores, kept, advantages, k_groups, buckets, metrics, top=sel.top, signal=sel.signal)
 
 
 @dataclass

@@ -59,7 +59,7 @@ except ImportError as e:
 
 from gfpo_filters.adaptive import AdaptiveK
 from gfpo_filters.errors import GFPOFilterWarning
-from gfpo_filters.step import accepted_kwargs, gfpo_step, resolve_filter, selection_metrics
+from gfpo_filters.step import accepted_kwargs, gfpo_step, keep_signal_mode, resolve_filter, selection_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ SAMPLER_KWARGS = (
     "adaptive_warmup_steps",
     "adaptive_window",
     "tokenizer",
+    "keep_signal",
 )
 PREFIX = "trainer.v1.sampler.sampler_kwargs"
 
@@ -87,6 +88,10 @@ class GFPOReplayBuffer(ReplayBuffer):
     * ``filter_params``: the filter's parameters (a mapping), optional.
     * ``adaptive_k``, ``adaptive_warmup_steps``, ``adaptive_window``: Adaptive Difficulty GFPO
       (see ``docs/adaptive.md``); ``num_remains_in_group`` is then the warm-up k.
+    * ``keep_signal``: keep reward variance in kept sets that lost it (``docs/keep_signal.md``):
+      False (default, the paper), True (``"swap"``), ``"swap"``, ``"swap_long"`` or ``"balanced"``.
+      ``"group_baseline"`` is refused: it changes advantages only, and verl computes those itself
+      from the kept rows.
     * ``tokenizer``: a Hugging Face tokenizer path (e.g. ``${actor_rollout_ref.model.path}``);
       with it, filters get decoded text as completions, else token-id lists. Token ids and
       lengths are passed either way.
@@ -148,6 +153,7 @@ class GFPOReplayBuffer(ReplayBuffer):
                 int(options.get("adaptive_warmup_steps", 0)),
                 int(options.get("adaptive_window", 4096)),
             )
+        self.keep_signal = _check_keep_signal(options.get("keep_signal", False))
         self.tokenizer = _load_tokenizer(options.get("tokenizer"))
         self._filter_kwargs = accepted_kwargs(self.group_filter)
         if root is not None:
@@ -199,11 +205,22 @@ class GFPOReplayBuffer(ReplayBuffer):
             adaptive=self._adaptive,
             global_step=global_steps,
             filter_kwargs=self._filter_kwargs,
+            keep_signal=self.keep_signal,
         )
         kept = result.kept & groups.present
         metrics = dict(result.metrics)
         if not groups.present.all():  # failed sessions (never kept): count only the sessions that exist
-            metrics.update(selection_metrics(rewards, lengths, kept, result.k, result.buckets))
+            metrics.update(
+                selection_metrics(
+                    rewards,
+                    lengths,
+                    kept,
+                    result.k,
+                    result.buckets,
+                    top=result.top & groups.present,
+                    signal=result.signal,
+                )
+            )
             metrics["gfpo/all_length_mean"] = float(lengths[groups.present].mean())
         keep_row = kept[groups.row_group, groups.row_session]
         rejected = [key for key, keep in zip(batch.keys, keep_row) if not keep]
@@ -314,6 +331,19 @@ def _check_k(k: Any, n: int | None) -> int:
             "k=1 leaves no reward variance, so every advantage would be 0, and k=n is plain GRPO"
         )
     return k
+
+
+def _check_keep_signal(value: Any) -> str:
+    try:
+        mode = keep_signal_mode(value)
+    except ValueError as e:
+        raise ValueError(f"{PREFIX}.{e}") from None
+    if mode == "group_baseline":
+        raise ValueError(
+            f"{PREFIX}.keep_signal='group_baseline' changes only the advantages, and verl computes advantages "
+            "itself from the kept rows (GRPO per uid); use keep_signal=True ('swap') or 'balanced'"
+        )
+    return mode
 
 
 def _check_adaptive_k(values: Any, n: int | None) -> list[int]:

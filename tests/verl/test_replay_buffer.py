@@ -175,6 +175,20 @@ def test_adaptive_k_per_prompt(transfer_queue, partition, make_config):
     assert metrics["gfpo/bucket_very_hard_frac"] == metrics["gfpo/bucket_easy_frac"] == pytest.approx(0.25)
 
 
+def test_keep_signal_swaps_a_wrong_answer_into_an_all_correct_kept_set(transfer_queue, partition, make_config):
+    """The 2 shortest of (1, 1.0), (2, 1.0), (3, 0.0), (4, 1.0) are both correct: no variance, no gradient.
+    keep_signal swaps the lower-ranked kept session (s1) for the best-ranked one of another reward (s2)."""
+    u = new_uid()
+    write_group(transfer_queue, partition, u, [[(1, 1.0)], [(2, 1.0)], [(3, 0.0)], [(4, 1.0)]])
+    buffer = build_buffer(gfpo_config(make_config, num_remains_in_group=2, keep_signal=True))
+    assert buffer.keep_signal == "swap"
+    batch, metrics = buffer.sample(global_steps=0, partition_id=partition, batch_size=1)
+    assert set(batch.keys) == {f"{u}_0_0", f"{u}_2_0"}
+    assert present_keys(transfer_queue, partition) == {f"{u}_0_0", f"{u}_2_0"}
+    assert metrics["gfpo/keep_signal_swaps"] == 1
+    assert metrics["gfpo/frac_kept_zero_std_before"] == 1.0 and metrics["gfpo/frac_kept_zero_std"] == 0.0
+
+
 def test_tokenizer_gives_filters_text(transfer_queue, partition, make_config, tmp_path):
     from gfpo_filters.toy import build_tokenizer
 
@@ -243,6 +257,8 @@ def test_filter_params_reach_the_filter(make_config):
         ({"num_remains_in_group": "3"}, r"num_remains_in_group='3' is out of range"),
         ({"adaptive_k": [3, 3, 2]}, r"adaptive_k=\[3, 3, 2\] must be 4 ints"),
         ({"num_remain_in_group": 3}, r"unknown keys \['num_remain_in_group'\]"),
+        ({"keep_signal": "group_baseline"}, r"keep_signal='group_baseline' changes only the advantages"),
+        ({"keep_signal": "sometimes"}, r"sampler_kwargs.keep_signal must be True, False or one of"),
     ],
 )
 def test_construction_errors(make_config, overrides, message):
