@@ -3,6 +3,9 @@
 MODE ``selection`` (default): one group of G = 8 completions spans both processes (4 rows each). The filter
 keeps the first four, which all live on process 0, so process 1 holds none of the kept rows itself. Each process
 writes what it saw to OUT_DIR/rank{N}.json for the test to compare.
+
+MODE ``keep_signal``: the same with ``keep_signal=True`` and reward 1 on process 0, 0 on process 1: the filter's
+first four are all correct (no signal), so keep_signal swaps the fourth for the fifth, which lives on process 1.
 """
 
 from __future__ import annotations
@@ -40,14 +43,33 @@ class FirstFour:
         return [[float(G - j) for j in range(G)] for _ in group_completions]
 
 
-def hand_advantages(rewards):
-    kept = rewards[:K]
-    mean = sum(kept) / K
-    std = math.sqrt(sum((r - mean) ** 2 for r in kept) / K)
-    return [(r - mean) / (std + 1e-4) if j < K else 0.0 for j, r in enumerate(rewards)]
+class ByProcess:
+    """Reward 1 for the rows of process 0 and 0 for those of process 1."""
+
+    __name__ = "by_process"
+
+    def __call__(self, prompts, completions, **kwargs):
+        return [float(torch.distributed.get_rank() == 0)] * len(completions)
 
 
-def main(out_dir: str) -> None:
+def hand_kept(rewards, keep_signal):
+    """The first K; with keep_signal, if their rewards are all equal and the group's are not, the K-th
+    (the lowest-ranked kept) gives way to the first later completion with another reward."""
+    kept = [j < K for j in range(G)]
+    if keep_signal and len(set(rewards[:K])) == 1 and len(set(rewards)) > 1:
+        kept[K - 1] = False
+        kept[next(j for j in range(K, G) if rewards[j] != rewards[0])] = True
+    return kept
+
+
+def hand_advantages(rewards, kept):
+    chosen = [r for r, keep in zip(rewards, kept) if keep]
+    mean = sum(chosen) / K
+    std = math.sqrt(sum((r - mean) ** 2 for r in chosen) / K)
+    return [(r - mean) / (std + 1e-4) if keep else 0.0 for r, keep in zip(rewards, kept)]
+
+
+def main(out_dir: str, keep_signal: bool = False) -> None:
     parts = tiny_parts()
     args = tiny_args(
         out_dir,
@@ -56,11 +78,13 @@ def main(out_dir: str) -> None:
         num_remains_in_group=K,
         max_steps=2,
         ddp_backend="gloo",
+        keep_signal=keep_signal,
+        logging_steps=1,
     )
     filt = FirstFour()
     trainer = GFPOTrainer(
         model=parts["model"],
-        reward_funcs=[Recorder()],
+        reward_funcs=[ByProcess() if keep_signal else Recorder()],
         args=args,
         train_dataset=parts["train_dataset"],
         processing_class=parts["processing_class"],
@@ -77,13 +101,14 @@ def main(out_dir: str) -> None:
         steps.append(
             {
                 "groups": groups,
-                "kept": [[j < K for j in range(G)] for _ in groups],
-                "advantages": [hand_advantages([r if r is not None else float("nan") for r in row]) for row in rewards],
+                "kept": [hand_kept(row, keep_signal) for row in rewards],
+                "advantages": [hand_advantages(row, hand_kept(row, keep_signal)) for row in rewards],
                 "rows": rows,
             }
         )
+    swaps = [log["gfpo/keep_signal_swaps"] for log in trainer.state.log_history if "gfpo/keep_signal_swaps" in log]
     rank = trainer.accelerator.process_index
-    Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"steps": steps}))
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"steps": steps, "swaps": swaps}))
 
 
 def padding(out_dir: str) -> None:
@@ -223,6 +248,11 @@ def features(out_dir: str) -> None:
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    {"selection": main, "padding": padding, "features": features}[sys.argv[2] if len(sys.argv) > 2 else "selection"](
-        sys.argv[1]
-    )
+    modes = {"selection": main, "keep_signal": lambda out: main(out, keep_signal=True)}
+    modes.update(padding=padding, features=features)
+    modes[sys.argv[2] if len(sys.argv) > 2 else "selection"](sys.argv[1])
+    # Tear the process group down before exit: left to interpreter shutdown, gloo sometimes aborts a process
+    # ("terminate called without an active exception") after its work is done, failing the run.
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()

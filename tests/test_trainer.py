@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -311,8 +312,9 @@ def test_nan_scores_and_missing_rewards_never_win(tmp_path):
 
 # ---------------------------------------------------------------------- two processes
 @pytest.mark.distributed
-def test_two_processes_agree_and_train_each_kept_row_once(tmp_path):
-    run_two_processes(tmp_path)
+@pytest.mark.parametrize("mode", ["selection", "keep_signal"])
+def test_two_processes_agree_and_train_each_kept_row_once(tmp_path, mode):
+    run_two_processes(tmp_path, mode)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for step in range(len(ranks[0]["steps"])):
         a, b = ranks[0]["steps"][step], ranks[1]["steps"][step]
@@ -331,3 +333,11 @@ def test_two_processes_agree_and_train_each_kept_row_once(tmp_path):
         # The filter keeps the first four of a group of 8 split 4 + 4: process 1 holds none of them
         # itself, yet both processes train the same number of rows (kept rows are spread evenly).
         assert len(a["rows"]) == len(b["rows"]) == 2
+    if mode == "keep_signal":
+        # Rewards 1 1 1 1 0 0 0 0: the kept set is completions 0, 1, 2 and 4 (from process 1), on both processes.
+        assert all(step["kept"] == [[True, True, True, False, True, False, False, False]] for step in ranks[0]["steps"])
+        a = 0.25 / (math.sqrt(3 / 16) + 1e-4)
+        assert sorted(adv for _, adv in ranks[0]["steps"][0]["rows"] + ranks[1]["steps"][0]["rows"]) == pytest.approx(
+            [-3 * a, a, a, a], abs=1e-4
+        )
+        assert ranks[0]["swaps"] == ranks[1]["swaps"] == [1.0, 1.0]
