@@ -59,7 +59,7 @@ def main() -> int:
     start = time.perf_counter()
     with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=get_context("spawn")) as pool:
         futures = [
-            pool.submit(train_variant, label, name, k, args.steps, seed, args.learning_rate, "", mode)
+            pool.submit(train_variant, label, name, k, args.steps, seed, args.learning_rate, mode)
             for (label, name, k, mode), seed in jobs
         ]
         results = []

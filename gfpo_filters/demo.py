@@ -46,7 +46,6 @@ def train_variant(
     steps: int,
     seed: int,
     lr: float,
-    out: str,
     keep_signal: bool | str = False,
 ) -> dict[str, Any]:
     """Train one variant and return its logged history (runs in a worker process)."""
@@ -179,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
         futures = [
-            pool.submit(train_variant, label, name, k, args.steps, args.seed, args.learning_rate, str(out), signal)
+            pool.submit(train_variant, label, name, k, args.steps, args.seed, args.learning_rate, signal)
             for label, name, k, signal in VARIANTS
         ]
         results = []
