@@ -23,32 +23,22 @@ warnings.filterwarnings("ignore")
 
 def padded_step(loss_type: str, steps: int, fixed: bool, out: str):
     from gfpo_filters.trainer import GFPOTrainer
-    from tests.trainer_utils import LOSS_TYPES, Recorder, StepRecorder, capture_batches, tiny_args, tiny_parts
+    from tests.trainer_utils import LOSS_TYPES, recorded_step
 
     class Before(GFPOTrainer):
         def _row_scale(self, n_kept, n_rows):
             return 1.0
 
-    parts = tiny_parts()
-    trainer = (GFPOTrainer if fixed else Before)(
-        model=parts["model"],
-        reward_funcs=[Recorder()],
-        args=tiny_args(
-            out,
-            steps_per_generation=steps,
-            gradient_accumulation_steps=steps,
-            per_device_train_batch_size=12 // steps,
-            loss_type=loss_type,
-            max_grad_norm=0.0,
-            **LOSS_TYPES[loss_type],
-        ),
-        train_dataset=parts["train_dataset"],
-        processing_class=parts["processing_class"],
-        group_filter_func="length",
+    _, step, batches = recorded_step(
+        out,
+        trainer_class=GFPOTrainer if fixed else Before,
+        steps_per_generation=steps,
+        gradient_accumulation_steps=steps,
+        per_device_train_batch_size=12 // steps,
+        loss_type=loss_type,
+        max_grad_norm=0.0,
+        **LOSS_TYPES[loss_type],
     )
-    step = StepRecorder(trainer)
-    batches = capture_batches(trainer)
-    trainer.train()
     padding = int((batches[0]["completion_mask"].sum(dim=1) == 0).sum())
     return sum(step.losses), step.grads, step.micro_batches, padding
 

@@ -24,9 +24,9 @@ from gfpo_filters.trainer import GFPOTrainer  # noqa: E402
 from tests.trainer_utils import (  # noqa: E402
     LOSS_TYPES,
     Recorder,
-    StepRecorder,
     capture_batches,
     decode_rows,
+    recorded_step,
     tiny_args,
     tiny_parts,
 )
@@ -118,8 +118,7 @@ def padding(out_dir: str) -> None:
     OUT_DIR/{loss_type}-rank{N}.pt; the test compares them with TRL's loss on the kept rows without padding.
     """
     for loss_type, settings in LOSS_TYPES.items():
-        parts = tiny_parts()
-        args = tiny_args(
+        trainer, step, batches = recorded_step(
             out_dir,
             per_device_train_batch_size=6,  # 12 rows = 3 groups of 4, each split over both processes
             loss_type=loss_type,
@@ -127,17 +126,6 @@ def padding(out_dir: str) -> None:
             ddp_backend="gloo",
             **settings,
         )
-        trainer = GFPOTrainer(
-            model=parts["model"],
-            reward_funcs=[Recorder()],
-            args=args,
-            train_dataset=parts["train_dataset"],
-            processing_class=parts["processing_class"],
-            group_filter_func="length",
-        )
-        step = StepRecorder(trainer)
-        batches = capture_batches(trainer)
-        trainer.train()
         rank = trainer.accelerator.process_index
         torch.save(
             {

@@ -16,8 +16,7 @@ from gfpo_filters.trainer import GFPOTrainer  # noqa: E402
 from tests.trainer_utils import (  # noqa: E402
     LOSS_TYPES,
     Recorder,
-    StepRecorder,
-    capture_batches,
+    recorded_step,
     reference_step,
     run_two_processes,
     tiny_args,
@@ -41,25 +40,10 @@ def assert_same_step(loss, grads, ref_loss, ref_grads):
 @pytest.mark.parametrize("loss_type", list(LOSS_TYPES))
 def test_padded_step_equals_unpadded_step(tmp_path, loss_type):
     # 3 groups x k=3 = 9 kept rows over steps_per_generation=2 micro-batches: one padding row.
-    parts = tiny_parts()
     settings = dict(loss_type=loss_type, **LOSS_TYPES[loss_type], **STEP)
-    trainer = GFPOTrainer(
-        model=parts["model"],
-        reward_funcs=[Recorder()],
-        args=tiny_args(
-            str(tmp_path),
-            steps_per_generation=2,
-            gradient_accumulation_steps=2,
-            per_device_train_batch_size=6,
-            **settings,
-        ),
-        train_dataset=parts["train_dataset"],
-        processing_class=parts["processing_class"],
-        group_filter_func="length",
+    trainer, step, batches = recorded_step(
+        str(tmp_path), steps_per_generation=2, gradient_accumulation_steps=2, per_device_train_batch_size=6, **settings
     )
-    step = StepRecorder(trainer)
-    batches = capture_batches(trainer)
-    trainer.train()
     assert int((batches[0]["completion_mask"].sum(dim=1) == 0).sum()) == 1  # the padding row is there
     assert len(step.micro_batches) == 2 and sum(len(b["advantages"]) for b in step.micro_batches) == 10
     logged = [h["gfpo/padding_rows"] for h in trainer.state.log_history if "gfpo/padding_rows" in h]

@@ -105,6 +105,26 @@ def tiny_parts():
     }
 
 
+def recorded_step(output_dir: str, trainer_class: Any = None, **args: Any):
+    """One GFPO training run (the ``length`` filter, :class:`Recorder` rewards, the tiny parts, ``tiny_args``
+    with ``args``) whose micro-batches, losses and gradients are recorded: ``(trainer, StepRecorder, batches)``."""
+    from gfpo_filters.trainer import GFPOTrainer
+
+    parts = tiny_parts()
+    trainer = (trainer_class or GFPOTrainer)(
+        model=parts["model"],
+        reward_funcs=[Recorder()],
+        args=tiny_args(output_dir, **args),
+        train_dataset=parts["train_dataset"],
+        processing_class=parts["processing_class"],
+        group_filter_func="length",
+    )
+    step = StepRecorder(trainer)
+    batches = capture_batches(trainer)
+    trainer.train()
+    return trainer, step, batches
+
+
 def capture_batches(trainer) -> list[dict[str, Any]]:
     """Record every batch GFPOTrainer hands to the loss (the output of _generate_and_score_completions)."""
     batches: list[dict[str, Any]] = []
