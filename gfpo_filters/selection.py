@@ -10,6 +10,7 @@ Selection rule (used everywhere in this package):
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -191,3 +192,24 @@ def gfpo_advantages(
     else:
         raise ValueError(f"scale must be 'group', 'batch' or 'none', got {scale!r}")
     return centred / (std + eps)
+
+
+def normalize_then_sum(per_func: np.ndarray, kept: np.ndarray, weights: np.ndarray, eps: float = 1e-4) -> np.ndarray:
+    """GFPO advantages for ``multi_objective_aggregation="normalize_then_sum"``: TRL's recipe over the kept set.
+
+    ``per_func`` is ``(n_groups, G, n_funcs)`` (NaN where a function gave no reward), ``kept`` ``(n_groups, G)``.
+    Each reward function is standardised over the kept completions of each group (population std), the results are
+    summed with the reward weights, and the sums are standardised over all kept completions of the batch. Rejected
+    completions, and those no function scored, get 0.
+    """
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices: a function that scored no kept row
+        x = np.where(kept[..., None], per_func, np.nan)
+        z = (x - np.nanmean(x, axis=1, keepdims=True)) / (np.nanstd(x, axis=1, keepdims=True) + eps)
+        summed = np.nansum(z * weights, axis=2)
+        scored = kept & ~np.isnan(x).all(axis=2)
+        values = summed[scored]
+        if values.size == 0:
+            return np.zeros(kept.shape)
+        advantages = (summed - values.mean()) / (values.std() + eps)
+    return np.where(scored, advantages, 0.0)

@@ -36,7 +36,6 @@ import json
 import logging
 import math
 import os
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +47,7 @@ from trl.trainer.utils import split_pixel_values_by_grid, unsplit_pixel_values_b
 
 from gfpo_filters.adaptive import AdaptiveK
 from gfpo_filters.base import GroupFilter
+from gfpo_filters.selection import normalize_then_sum
 from gfpo_filters.step import accepted_kwargs, gfpo_step, group_rows, keep_signal_mode, resolve_filter
 
 logger = logging.getLogger(__name__)
@@ -222,27 +222,6 @@ def _join_joint(batch: dict[str, Any]) -> dict[str, Any]:
         if f"{key}:prompt" in batch:
             out[key] = torch.cat([batch[f"{key}:prompt"], batch[f"{key}:completion"]], dim=1)
     return out
-
-
-def normalize_then_sum(per_func: np.ndarray, kept: np.ndarray, weights: np.ndarray, eps: float = 1e-4) -> np.ndarray:
-    """GFPO advantages for ``multi_objective_aggregation="normalize_then_sum"``: TRL's recipe over the kept set.
-
-    ``per_func`` is ``(n_groups, G, n_funcs)`` (NaN where a function gave no reward), ``kept`` ``(n_groups, G)``.
-    Each reward function is standardised over the kept completions of each group (population std), the results are
-    summed with the reward weights, and the sums are standardised over all kept completions of the batch. Rejected
-    completions, and those no function scored, get 0.
-    """
-    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices: a function that scored no kept row
-        x = np.where(kept[..., None], per_func, np.nan)
-        z = (x - np.nanmean(x, axis=1, keepdims=True)) / (np.nanstd(x, axis=1, keepdims=True) + eps)
-        summed = np.nansum(z * weights, axis=2)
-        scored = kept & ~np.isnan(x).all(axis=2)
-        values = summed[scored]
-        if values.size == 0:
-            return np.zeros(kept.shape)
-        advantages = (summed - values.mean()) / (values.std() + eps)
-    return np.where(scored, advantages, 0.0)
 
 
 class GFPOTrainer(GRPOTrainer):
