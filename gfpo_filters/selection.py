@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 
-def _as_k(k: Any, n: int) -> np.ndarray:
+def k_array(k: Any, n: int) -> np.ndarray:
+    """``k`` (one int, or one per group) as ``n`` ints, one per group."""
     k = np.asarray(k, dtype=np.int64)
     return np.full(n, int(k), dtype=np.int64) if k.ndim == 0 else k
 
@@ -52,7 +53,7 @@ def topk_mask(scores: np.ndarray, k: Any, valid: np.ndarray | None = None) -> np
     :func:`descending_order`.
     """
     scores = np.asarray(scores, dtype=np.float64)
-    return ranks(scores, valid) < _as_k(k, scores.shape[0])[:, None]
+    return ranks(scores, valid) < k_array(k, scores.shape[0])[:, None]
 
 
 def has_signal(rewards: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -110,7 +111,7 @@ def balanced_mask(rank: np.ndarray, rewards: np.ndarray, k: Any) -> np.ndarray:
     r = np.asarray(rewards, dtype=np.float64)
     rank = np.asarray(rank)
     n, _ = r.shape
-    k = _as_k(k, n)
+    k = k_array(k, n)
     valid = np.isfinite(r)
     top = rank < k[:, None]
     mv = max_variance_mask(r, valid, k)

@@ -37,7 +37,7 @@ import numpy as np
 from gfpo_filters.adaptive import BUCKETS, AdaptiveK
 from gfpo_filters.base import GroupFilter, check_scores
 from gfpo_filters.registry import load_filter
-from gfpo_filters.selection import balanced_mask, gfpo_advantages, has_signal, ranks, signal_swap
+from gfpo_filters.selection import balanced_mask, gfpo_advantages, has_signal, k_array, ranks, signal_swap
 
 #: Keyword arguments a filter may take besides ``group_completions`` and ``group_rewards``.
 FILTER_KWARGS = ("completion_ids", "completion_lengths", "prompts", "num_remains_in_group")
@@ -264,8 +264,7 @@ def select(
     rewards = np.asarray(rewards, dtype=np.float64)
     valid = np.isfinite(rewards)
     rank = ranks(scores, valid)
-    k = np.asarray(k, dtype=np.int64)
-    top = rank < (np.full(rewards.shape[0], int(k)) if k.ndim == 0 else k)[:, None]
+    top = rank < k_array(k, rewards.shape[0])[:, None]
     kept = top
     if mode == "swap" or (mode == "swap_long" and lengths is None):
         kept = signal_swap(rank, top, rewards)
