@@ -502,6 +502,7 @@ def _print_plan(
 
 
 def _settings(
+    *,
     val_fraction: float,
     seed: int,
     epochs: int,
@@ -588,7 +589,17 @@ def train_scorer(
         "n_train": int(train_index.size),
         "n_val": int(val_index.size),
         "val_prompts": sorted({keys[i] for i in val_in}),
-        **_settings(val_fraction, seed, epochs, best_epoch, objective, metric, best, lr, batch_size),
+        **_settings(
+            val_fraction=val_fraction,
+            seed=seed,
+            epochs=epochs,
+            best_epoch=best_epoch,
+            objective=objective,
+            metric=metric,
+            best=best,
+            lr=lr,
+            batch_size=batch_size,
+        ),
         "report": report,
     }
     return TrainResult(scorer, history, metric, train_index, val_index, report)
