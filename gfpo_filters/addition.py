@@ -1,0 +1,77 @@
+"""A verifiable task for a small real model: one-digit additions, asked in a chat, answered with a number.
+
+Prompts are chat messages (a conversational data set, so TRL applies the model's chat template), one of
+:data:`TEMPLATES` filled with two one-digit numbers. The 100 ordered pairs (a, b), 0..9 each, are shuffled with a
+fixed seed and cut in two: 50 pairs for training, 50 held out. Every pair goes with every template, so each split
+has 50 × 4 = 200 prompts, and no held-out prompt shares its pair of numbers with a training prompt.
+
+**Reward** (:func:`correct_sum`): 1 when the *last* integer in the completion equals a + b, else 0. The last
+integer, not the first: SmolLM2-135M-Instruct often restates the question ("8 + 7 = 15"), so the first integer is
+usually an operand. A completion that goes on after its answer and writes other numbers loses the reward; one
+truncated before it writes the sum gets none. Measured on SmolLM2-135M-Instruct at temperature 1 (48 new tokens),
+about 30% of answers earn the reward; greedy, about 80% (docs/smollm2.md).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from typing import Any
+
+TEMPLATES: tuple[str, ...] = (
+    "Compute {a} + {b}. Reply with only the result, a single number.",
+    "What is {a} + {b}? Answer with just the number.",
+    "Add {a} and {b}. Give only the sum.",
+    "{a} + {b} = ? Reply with the number only.",
+)
+#: seed of the shuffle that splits the 100 pairs into training and held-out halves
+SPLIT_SEED = 1234
+_INTEGER = re.compile(r"-?\d+")
+
+
+def pairs(split: str) -> list[tuple[int, int]]:
+    """The 50 ordered pairs (a, b) of ``split`` ("train" or "test"); the two splits are disjoint."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    every = [(a, b) for a in range(10) for b in range(10)]
+    random.Random(SPLIT_SEED).shuffle(every)
+    return every[:50] if split == "train" else every[50:]
+
+
+def examples(split: str) -> list[dict[str, Any]]:
+    """The 200 examples of ``split``: ``prompt`` (a list with one user message), ``answer`` (a + b)."""
+    return [
+        {"prompt": [{"role": "user", "content": t.format(a=a, b=b)}], "answer": a + b}
+        for a, b in pairs(split)
+        for t in TEMPLATES
+    ]
+
+
+def build_dataset(split: str = "train", seed: int | None = None):
+    """``examples(split)`` as a ``datasets.Dataset`` (``prompt``, ``answer``), shuffled when ``seed`` is given."""
+    from datasets import Dataset
+
+    rows = examples(split)
+    if seed is not None:
+        random.Random(seed).shuffle(rows)
+    return Dataset.from_list(rows)
+
+
+def last_integer(text: str) -> int | None:
+    """The last integer written in ``text`` (a leading minus sign counts), or None when there is none."""
+    found = _INTEGER.findall(text)
+    return int(found[-1]) if found else None
+
+
+def _text(completion: Any) -> str:
+    return completion if isinstance(completion, str) else completion[-1]["content"]
+
+
+def correct_sum(completions: list[Any], answer: list[int], **kwargs: Any) -> list[float]:
+    """Reward function (TRL signature): 1.0 when a completion's last integer equals its ``answer``, else 0.0.
+
+    Completions are strings or, for conversational prompts, message lists (the last message's content counts).
+    """
+    if len(completions) != len(answer):
+        raise ValueError(f"correct_sum got {len(completions)} completions but {len(answer)} answers")
+    return [1.0 if last_integer(_text(c)) == int(a) else 0.0 for c, a in zip(completions, answer)]

@@ -1,0 +1,239 @@
+"""GRPO and GFPO on a real pretrained model: SmolLM2-135M-Instruct on one-digit additions.
+
+Shared by ``benchmarks/smollm2.py`` (the measured comparison, docs/smollm2.md) and ``gfpo-filters demo --model
+smollm2``. :func:`train` trains one arm with :class:`~gfpo_filters.trainer.GFPOTrainer` (no filter = GRPO) and
+times every step; :func:`evaluate` answers held-out prompts greedily or by sampling and scores them with
+:func:`gfpo_filters.addition.correct_sum`.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from gfpo_filters import addition
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One training setting: a filter and k (None, None = GRPO) and a ``keep_signal`` mode."""
+
+    filter: str | None = None
+    k: int | None = None
+    keep_signal: bool | str = "off"
+
+
+#: The arms compared; ``recommended`` is the paper's filter and k with the keep_signal mode docs/keep_signal.md
+#: recommends for 0/1 rewards.
+ARMS: dict[str, Arm] = {
+    "grpo": Arm(),
+    "token_efficiency": Arm("token_efficiency", 3, "off"),
+    "recommended": Arm("token_efficiency", 3, "swap"),
+}
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; ``cpu`` and ``cuda`` pass through (checked)."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, not {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for but torch sees no GPU: use --device cpu or auto")
+    return device
+
+
+def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (centre - half, centre + half)
+
+
+def completion_lengths(completion_ids: Any, eos_token_id: int) -> Any:
+    """Token counts as TRL's completion mask counts them: up to and including the first EOS, else every token."""
+    import torch
+
+    is_eos = completion_ids == eos_token_id
+    first = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, completion_ids.shape[1])
+    return first
+
+
+def evaluate(
+    model: Any,
+    tokenizer: Any,
+    examples: list[dict[str, Any]],
+    *,
+    sample: bool,
+    samples_per_prompt: int = 1,
+    max_new_tokens: int = 48,
+    batch_size: int = 50,
+    bf16: bool = True,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Answer every example (greedy, or ``samples_per_prompt`` samples at temperature 1) and score the answers.
+
+    Returns accuracy with its 95% Wilson interval, mean length in tokens (counted as TRL counts them), and the
+    share of answers that hit ``max_new_tokens`` without an EOS.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    texts = [tokenizer.apply_chat_template(e["prompt"], tokenize=False, add_generation_prompt=True) for e in examples]
+    answers = [e["answer"] for e in examples]
+    if sample:
+        texts = [t for t in texts for _ in range(samples_per_prompt)]
+        answers = [a for a in answers for _ in range(samples_per_prompt)]
+    eos = tokenizer.eos_token_id
+    torch.manual_seed(seed)
+    rewards: list[float] = []
+    lengths: list[int] = []
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(texts), batch_size):
+        enc = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = {k: v.to(device) for k, v in enc.items()}
+        kwargs = {"do_sample": False}
+        if sample:
+            kwargs = {"do_sample": True, "temperature": 1.0, "top_p": 1.0, "top_k": None}
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = model.generate(
+                **enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos, **kwargs
+            )
+        ids = out[:, enc["input_ids"].shape[1] :].cpu()
+        n = completion_lengths(ids, eos)
+        decoded = [tokenizer.decode(row[:m], skip_special_tokens=True) for row, m in zip(ids, n.tolist())]
+        rewards += addition.correct_sum(decoded, answers[start : start + batch_size])
+        lengths += n.tolist()
+    model.train(was_training)
+    hits = int(sum(rewards))
+    lo, hi = wilson(hits, len(rewards))
+    return {
+        "n": len(rewards),
+        "accuracy": hits / len(rewards),
+        "ci95": [lo, hi],
+        "mean_length": sum(lengths) / len(lengths),
+        "frac_capped": sum(m >= max_new_tokens for m in lengths) / len(lengths),
+    }
+
+
+def train(
+    arm: Arm,
+    *,
+    steps: int,
+    seed: int = 0,
+    device: str = "cpu",
+    bf16: bool = True,
+    learning_rate: float = 3e-5,
+    prompts_per_step: int = 2,
+    num_generations: int = 8,
+    max_completion_length: int = 48,
+    model_path: str = "smollm2",
+    log_every: int = 0,
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Train ``arm`` from the pretrained model; return (model, tokenizer, record with the per-step history).
+
+    Every step is timed whole (generation, scoring, filter, loss, backward, optimizer) and its generation part
+    apart (``_generate_and_score_completions``), so ``train_seconds`` = step - generation is what the filter saves.
+    """
+    import torch
+    from transformers import TrainerCallback
+
+    from gfpo_filters.models import load_gguf_causal_lm
+    from gfpo_filters.trainer import GFPOConfig, GFPOTrainer
+
+    model, tokenizer = load_gguf_causal_lm(model_path)
+    config = GFPOConfig(
+        output_dir=tempfile.mkdtemp(prefix="gfpo-smollm2-"),  # nothing is saved there (save_strategy="no")
+        per_device_train_batch_size=prompts_per_step * num_generations,
+        num_generations=num_generations,
+        num_remains_in_group=arm.k,
+        group_filter=arm.filter,
+        keep_signal=arm.keep_signal,
+        max_completion_length=max_completion_length,
+        temperature=1.0,
+        learning_rate=learning_rate,
+        max_steps=steps,
+        logging_steps=1,
+        beta=0.0,
+        gradient_checkpointing=False,  # TRL turns it on by default; a 135M model fits, and it costs a forward pass
+        seed=seed,
+        use_cpu=device == "cpu",
+        bf16=bf16,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+    )
+    trainer = GFPOTrainer(
+        model=model,
+        reward_funcs=addition.correct_sum,
+        args=config,
+        train_dataset=addition.build_dataset("train", seed=seed),
+        processing_class=tokenizer,
+    )
+    times: list[dict[str, float]] = []
+
+    generate = trainer._generate_and_score_completions
+
+    def timed_generate(*a: Any, **kw: Any) -> Any:
+        t0 = time.perf_counter()
+        out = generate(*a, **kw)
+        times[-1]["generate_seconds"] += time.perf_counter() - t0
+        return out
+
+    trainer._generate_and_score_completions = timed_generate
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times.append({"start": time.perf_counter(), "generate_seconds": 0.0})
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t = times[-1]
+            t["step_seconds"] = time.perf_counter() - t.pop("start")
+            if log_every and state.global_step % log_every == 0:
+                print(f"  step {state.global_step}/{steps}: {t['step_seconds']:.1f} s", flush=True)
+
+    from transformers import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(StepTimer())
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "completions/mean_length" in h]
+    history = [
+        {
+            "step": h["step"],
+            "reward": h["reward"],
+            "length": h["completions/mean_length"],
+            "kept_length": h.get("gfpo/kept_length_mean"),
+            "step_seconds": t["step_seconds"],
+            "generate_seconds": t["generate_seconds"],
+        }
+        for h, t in zip(logs, times)
+    ]
+    record = {
+        "filter": arm.filter,
+        "k": arm.k,
+        "keep_signal": config.keep_signal,
+        "num_generations": num_generations,
+        "prompts_per_step": prompts_per_step,
+        "max_completion_length": max_completion_length,
+        "learning_rate": learning_rate,
+        "steps": steps,
+        "seed": seed,
+        "device": device,
+        "bf16": bf16,
+        "history": history,
+    }
+    return trainer.model, tokenizer, record
