@@ -92,8 +92,9 @@ def load_gguf_causal_lm(
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # dequantising prints a progress bar per tensor group
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # dequantising draws a bar over every tensor
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         model = AutoModelForCausalLM.from_pretrained(
@@ -101,6 +102,8 @@ def load_gguf_causal_lm(
         )
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
     clear_quantized_flag(model)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
