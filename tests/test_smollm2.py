@@ -194,3 +194,30 @@ def test_two_real_gfpo_steps_give_the_filter_true_lengths_chat_completions_and_e
     for h, call in zip(logged, calls):  # the kept set is the 2 shortest of each group
         kept = np.sort(call["lengths"], axis=1)[:, :2].mean()
         assert h["gfpo/kept_length_mean"] == pytest.approx(kept)
+
+
+@needs_model
+@pytest.mark.trainer
+def test_example_script_trains_smollm2_from_its_yaml(tmp_path, monkeypatch):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    monkeypatch.syspath_prepend(str(examples))
+    spec = importlib.util.spec_from_file_location("train_gfpo", examples / "train_gfpo.py")
+    example = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "train_gfpo", example)  # its dataclasses look their module up
+    spec.loader.exec_module(example)
+    config = str(examples / "train_gfpo_smollm2.yaml")
+    argv = ["--config", config, "--output_dir", str(tmp_path), "--max_steps", "1", "--num_generations", "4",
+            "--num_remains_in_group", "2", "--per_device_train_batch_size", "4", "--max_completion_length", "8",
+            "--bf16", "false"]  # fmt: skip
+    script_args, training_args, model_args = example.parse(argv)
+    assert model_args.model_name_or_path == "smollm2" and script_args.dataset_name == "addition"  # the YAML file
+    assert script_args.reward_funcs == ["correct_sum"] and training_args.keep_signal == "swap"
+    trainer = example.main(script_args, training_args, model_args)
+    assert trainer.model.is_quantized is False and trainer.group_filter_func.name == "token_efficiency"
+    logged = trainer.state.log_history[0]
+    assert logged["gfpo/k_mean"] == 2 and logged["gfpo/kept_fraction"] == 0.5
+    assert 0 < logged["completions/mean_length"] <= 8
