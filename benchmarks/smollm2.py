@@ -6,8 +6,8 @@ training and 200 held-out chat prompts, reward 1 when the last integer of the an
 
 Arms (:data:`gfpo_filters.smollm2.ARMS`): ``grpo`` (GFPOTrainer without a filter), ``token_efficiency`` (the
 paper's GFPO: keep the 3 of 8 with the most reward per token, keep_signal off) and ``recommended`` (the same filter
-and k with the keep_signal mode of docs/keep_signal.md). G = 8, 2 prompts per step, 48 new tokens at most, beta 0,
-bf16 autocast, one thread. ``base`` evaluates the pretrained model without training.
+and k with the keep_signal mode of docs/keep_signal.md). G = 8, 1 prompt per step, 32 new tokens at most, beta 0,
+learning rate 5e-5, bf16 autocast, one thread. ``base`` evaluates the pretrained model without training.
 
 Each arm and seed writes ``ARM-seedS.json`` (``base.json``) to ``--out``: the training history (reward, length and
 time of every step) and the held-out evaluation, greedy (200 answers) and sampled at temperature 1
@@ -15,7 +15,7 @@ time of every step) and the held-out evaluation, greedy (200 answers) and sample
 training curves (``--plot``).
 
     OMP_NUM_THREADS=1 python benchmarks/smollm2.py --arms base
-    OMP_NUM_THREADS=1 python benchmarks/smollm2.py --arms grpo --seeds 0 --steps 40
+    OMP_NUM_THREADS=1 python benchmarks/smollm2.py --arms grpo --seeds 0 --steps 24
     OMP_NUM_THREADS=1 python benchmarks/smollm2.py --report --plot docs/img/smollm2.png
 """
 
@@ -56,12 +56,14 @@ def run_arm(name: str, seed: int, args: argparse.Namespace) -> dict:
             device=device,
             bf16=bf16,
             learning_rate=args.learning_rate,
+            prompts_per_step=args.prompts_per_step,
+            max_completion_length=args.max_completion_length,
             log_every=args.log_every,
         )
     record.update(arm=name, train_wall_seconds=time.perf_counter() - start, torch_threads=torch.get_num_threads())
     model.to(device)
     test = addition.examples("test")[: args.limit]
-    kw = {"max_new_tokens": args.max_new_tokens, "bf16": bf16, "seed": seed}
+    kw = {"max_new_tokens": args.max_completion_length, "bf16": bf16, "seed": seed}
     t0 = time.perf_counter()
     record["greedy"] = smollm2.evaluate(model, tokenizer, test, sample=False, **kw)
     record["sampled"] = smollm2.evaluate(model, tokenizer, test, sample=True, samples_per_prompt=args.samples, **kw)
@@ -81,10 +83,16 @@ def load(out: Path) -> dict[str, dict[int, dict]]:
     return runs
 
 
-def step_times(r: dict, skip: int = 1) -> tuple[float, float]:
-    """Mean step and mean non-generation seconds per step, leaving out the first ``skip`` steps (warm-up)."""
+def step_times(r: dict, clock: str = "", skip: int = 1) -> tuple[float, float]:
+    """Mean step and mean non-generation seconds per step, leaving out the first ``skip`` steps (warm-up).
+
+    ``clock`` "" is wall time, "cpu_" the process's CPU time (NaN when the run did not record it).
+    """
     h = r["history"][skip:] or r["history"]
-    return mean([x["step_seconds"] for x in h]), mean([x["step_seconds"] - x["generate_seconds"] for x in h])
+    if any(f"step_{clock}seconds" not in x for x in h):
+        return float("nan"), float("nan")
+    step = [x[f"step_{clock}seconds"] for x in h]
+    return mean(step), mean([t - x[f"generate_{clock}seconds"] for t, x in zip(step, h)])
 
 
 def report(out: Path) -> str:
@@ -94,7 +102,7 @@ def report(out: Path) -> str:
     fmt_ci = lambda e: f"{e['accuracy']:.3f} [{e['ci95'][0]:.2f}, {e['ci95'][1]:.2f}]"
     lines.append(
         "| arm | seed | steps | greedy acc [95% CI] | greedy len | sampled acc [95% CI] | sampled len | "
-        "s/step | s/step without generation | train reward first→last 5 | train len first→last 5 |"
+        "s/step wall (CPU) | without generation, wall (CPU) | train reward first→last 5 | train len first→last 5 |"
     )
     lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
     if base:
@@ -106,19 +114,19 @@ def report(out: Path) -> str:
     for name in ("grpo", "token_efficiency", "recommended"):
         for seed, r in sorted(runs.get(name, {}).items()):
             g, s, h = r["greedy"], r["sampled"], r["history"]
-            st, sb = step_times(r)
+            (st, sb), (ct, cb) = step_times(r), step_times(r, "cpu_")
             rw = f"{mean([x['reward'] for x in h[:5]]):.2f}→{mean([x['reward'] for x in h[-5:]]):.2f}"
             ln = f"{mean([x['length'] for x in h[:5]]):.1f}→{mean([x['length'] for x in h[-5:]]):.1f}"
             ks = f" ({r['keep_signal']})" if r.get("filter") else ""
             lines.append(
                 f"| {name}{ks} | {seed} | {r['steps']} | {fmt_ci(g)} | {g['mean_length']:.1f} | {fmt_ci(s)} | "
-                f"{s['mean_length']:.1f} | {st:.1f} | {sb:.1f} | {rw} | {ln} |"
+                f"{s['mean_length']:.1f} | {st:.1f} ({ct:.1f}) | {sb:.1f} ({cb:.1f}) | {rw} | {ln} |"
             )
     # ratios to GRPO on the same seed, and ELR against the base model
     lines.append("")
     lines.append(
         "| arm | seed | greedy len / GRPO | sampled len / GRPO | greedy acc − GRPO | sampled acc − GRPO | "
-        "ELR greedy | ELR sampled | step time / GRPO | non-generation time / GRPO |"
+        "ELR greedy | ELR sampled | step time / GRPO, wall (CPU) | without generation / GRPO, wall (CPU) |"
     )
     lines.append("|---|---|---|---|---|---|---|---|---|---|")
     for name in ("token_efficiency", "recommended"):
@@ -138,7 +146,8 @@ def report(out: Path) -> str:
                 lg, lf, lb = grpo[mode]["mean_length"], r[mode]["mean_length"], base[mode]["mean_length"]
                 cells.append(f"{(lg - lf) / (lg - lb):.2f}" if abs(lg - lb) > 1e-9 else "undefined")
             (st, sb), (gt, gb) = step_times(r), step_times(grpo)
-            cells += [f"{st / gt:.2f}", f"{sb / gb:.2f}"]
+            (ct, cb), (hct, hcb) = step_times(r, "cpu_"), step_times(grpo, "cpu_")
+            cells += [f"{st / gt:.2f} ({ct / hct:.2f})", f"{sb / gb:.2f} ({cb / hcb:.2f})"]
             lines.append(f"| {name} | {seed} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -164,9 +173,13 @@ def plot(out: Path, path: Path, window: int = 5) -> None:
     axes[0].set(xlabel="step", ylabel=f"mean reward, all 8 samples ({window}-step mean)", ylim=(0, 1.05))
     axes[1].set(xlabel="step", ylabel=f"mean completion length, tokens ({window}-step mean)")
     axes[0].set_title("Training reward")
-    axes[1].set_title("Training completion length (cap 48)")
+    axes[1].set_title("Training completion length")
     axes[1].legend(fontsize=7)
-    fig.suptitle("SmolLM2-135M-Instruct, one-digit additions, G = 8, 2 prompts/step")
+    r0 = next(r for name in colors for r in runs.get(name, {}).values())
+    fig.suptitle(
+        f"SmolLM2-135M-Instruct, one-digit additions: G = {r0['num_generations']}, {r0['prompts_per_step']} "
+        f"prompt(s)/step, cap {r0['max_completion_length']} tokens, lr {r0['learning_rate']:g}"
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -177,13 +190,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arms", nargs="+", default=["base", "grpo", "token_efficiency", "recommended"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    parser.add_argument("--steps", type=int, default=40, help="training steps per arm (default 40)")
+    parser.add_argument("--steps", type=int, default=24, help="training steps per arm (default 24)")
+    parser.add_argument("--prompts-per-step", type=int, default=1, help="prompts per step, G = 8 answers each")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--no-bf16", action="store_true", help="float32 instead of bf16 autocast")
-    parser.add_argument("--learning-rate", type=float, default=3e-5)
+    parser.add_argument("--learning-rate", type=float, default=5e-5)
     parser.add_argument("--keep-signal", default=None, help="keep_signal mode of the recommended arm")
-    parser.add_argument("--samples", type=int, default=2, help="sampled answers per held-out prompt (default 2)")
-    parser.add_argument("--max-new-tokens", type=int, default=48, help="evaluation cap, as in training")
+    parser.add_argument("--samples", type=int, default=1, help="sampled answers per held-out prompt (default 1)")
+    parser.add_argument(
+        "--max-completion-length", type=int, default=32, help="new tokens at most, in training and evaluation"
+    )
     parser.add_argument("--limit", type=int, default=None, help="evaluate on the first N held-out prompts only")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--log-every", type=int, default=5, help="print a step's time every N steps")

@@ -49,7 +49,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="training steps per run (default 300; smollm2: 8)")
     parser.add_argument("--out", default="demo-output", help="folder for history.json and demo.png")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--learning-rate", type=float, default=None, help="default 5e-4 (toy), 3e-5 (smollm2)")
+    parser.add_argument("--learning-rate", type=float, default=None, help="default 5e-4 (toy), 5e-5 (smollm2)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="smollm2 only")
     parser.add_argument(
         "--jobs", type=int, default=min(len(VARIANTS), os.cpu_count() or 1), help="runs in parallel (1 thread each)"
@@ -185,7 +185,7 @@ def format_table(results: list[dict[str, Any]]) -> str:
 
 
 TOY_TITLE = "Toy task: reward 1 if the completion contains 'x' (cap 48 tokens)"
-SMOLLM2_TITLE = "SmolLM2-135M-Instruct, one-digit additions: reward 1 if the last number is the sum (cap 48 tokens)"
+SMOLLM2_TITLE = "SmolLM2-135M-Instruct, one-digit additions: reward 1 if the last number is the sum (cap 32 tokens)"
 
 
 def save_plot(results: list[dict[str, Any]], path: Path, title: str = TOY_TITLE) -> bool:
@@ -232,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
         if importlib.util.find_spec("gguf") is None:
             print("--model smollm2 needs the 'gguf' package: pip install gguf", file=sys.stderr)
             return 2
-        lr = 3e-5 if args.learning_rate is None else args.learning_rate
+        lr = 5e-5 if args.learning_rate is None else args.learning_rate
         calls = [
             (train_smollm2_variant, label, arm, steps, args.seed, lr, args.device) for label, arm in SMOLLM2_VARIANTS
         ]
