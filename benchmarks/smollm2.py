@@ -149,6 +149,61 @@ def report(out: Path) -> str:
             (ct, cb), (hct, hcb) = step_times(r, "cpu_"), step_times(grpo, "cpu_")
             cells += [f"{st / gt:.2f} ({ct / hct:.2f})", f"{sb / gb:.2f} ({cb / hcb:.2f})"]
             lines.append(f"| {name} | {seed} | " + " | ".join(cells) + " |")
+    lines += ["", summary(runs, base)]
+    return "\n".join(lines)
+
+
+def summary(runs: dict[str, dict[int, dict]], base: dict | None) -> str:
+    """Over the seeds every arm has: pooled accuracy (all answers, Wilson interval), mean length, and each arm's
+    ratio to GRPO of the same seed as mean [min, max] over seeds."""
+    from gfpo_filters.smollm2 import wilson
+
+    seeds = sorted(set.intersection(*(set(runs.get(n, {})) for n in ("grpo", "token_efficiency", "recommended"))))
+    if not seeds:
+        return "(no seed has all three arms yet)"
+    lines = [
+        f"Over seeds {', '.join(map(str, seeds))}: accuracy pooled over all answers (95% Wilson interval); "
+        "ratios to GRPO of the same seed, mean [min, max] over seeds.",
+        "",
+        "| arm | greedy acc | sampled acc | greedy len | sampled len | greedy len / GRPO | sampled len / GRPO | "
+        "ELR greedy | ELR sampled | step time / GRPO (wall) | step time / GRPO (CPU) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def spread(values: list[float]) -> str:
+        return f"{mean(values):.2f} [{min(values):.2f}, {max(values):.2f}]"
+
+    for name in ("base", "grpo", "token_efficiency", "recommended"):
+        rs = [base] if name == "base" else [runs[name][s] for s in seeds]
+        if rs[0] is None:
+            continue
+        cells = []
+        for mode in ("greedy", "sampled"):
+            hits = sum(round(r[mode]["accuracy"] * r[mode]["n"]) for r in rs)
+            n = sum(r[mode]["n"] for r in rs)
+            lo, hi = wilson(hits, n)
+            cells.append(f"{hits / n:.3f} [{lo:.2f}, {hi:.2f}]")
+        cells += [f"{mean([r[m]['mean_length'] for r in rs]):.1f}" for m in ("greedy", "sampled")]
+        if name in ("base", "grpo"):
+            cells += ["-"] * 6
+        else:
+            grpo = [runs["grpo"][s] for s in seeds]
+            for m in ("greedy", "sampled"):
+                cells.append(spread([r[m]["mean_length"] / g[m]["mean_length"] for r, g in zip(rs, grpo)]))
+            for m in ("greedy", "sampled"):
+                if base is None:
+                    cells.append("-")
+                    continue
+                elr = [
+                    (g[m]["mean_length"] - r[m]["mean_length"]) / (g[m]["mean_length"] - base[m]["mean_length"])
+                    for r, g in zip(rs, grpo)
+                ]
+                cells.append(spread(elr))
+            cells.append(spread([step_times(r)[0] / step_times(g)[0] for r, g in zip(rs, grpo)]))
+            cpu = [(step_times(r, "cpu_")[0], step_times(g, "cpu_")[0]) for r, g in zip(rs, grpo)]
+            cpu = [a / b for a, b in cpu if a == a and b == b]  # seeds whose runs recorded CPU time
+            cells.append(spread(cpu) + f" ({len(cpu)} seeds)" if cpu else "-")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -94,7 +94,7 @@ def load_gguf_causal_lm(
 
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()  # dequantising draws a bar over every tensor
+    hf_logging.disable_progress_bar()  # the bar over loaded weights (the GGUF dequantising bar is plain tqdm)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         model = AutoModelForCausalLM.from_pretrained(
