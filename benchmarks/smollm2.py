@@ -95,6 +95,22 @@ def step_times(r: dict, clock: str = "", skip: int = 1) -> tuple[float, float]:
     return mean(step), mean([t - x[f"generate_{clock}seconds"] for t, x in zip(step, h)])
 
 
+#: ELR is reported only where GRPO lengthened answers by at least this many tokens over the base model: it divides
+#: by that excess, and a near-zero excess makes the ratio meaningless (e.g. -7 or 21 from a 0.2-token excess).
+ELR_MIN_EXCESS = 2.0
+
+
+def elr(grpo: dict, gfpo: dict, base: dict, mode: str) -> float | None:
+    """The paper's excess length reduction, (L_GRPO - L_GFPO) / (L_GRPO - L_base); None where GRPO's excess over
+    the base model is under ELR_MIN_EXCESS tokens."""
+    lg, lf, lb = grpo[mode]["mean_length"], gfpo[mode]["mean_length"], base[mode]["mean_length"]
+    return (lg - lf) / (lg - lb) if lg - lb >= ELR_MIN_EXCESS else None
+
+
+def elr_text(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
 def report(out: Path) -> str:
     runs = load(out)
     base = runs.get("base", {}).get(-1) or next(iter(runs.get("base", {}).values()), None)
@@ -143,8 +159,7 @@ def report(out: Path) -> str:
                 if base is None:
                     cells.append("-")
                     continue
-                lg, lf, lb = grpo[mode]["mean_length"], r[mode]["mean_length"], base[mode]["mean_length"]
-                cells.append(f"{(lg - lf) / (lg - lb):.2f}" if abs(lg - lb) > 1e-9 else "undefined")
+                cells.append(elr_text(elr(grpo, r, base, mode)))
             (st, sb), (gt, gb) = step_times(r), step_times(grpo)
             (ct, cb), (hct, hcb) = step_times(r, "cpu_"), step_times(grpo, "cpu_")
             cells += [f"{st / gt:.2f} ({ct / hct:.2f})", f"{sb / gb:.2f} ({cb / hcb:.2f})"]
@@ -194,11 +209,9 @@ def summary(runs: dict[str, dict[int, dict]], base: dict | None) -> str:
                 if base is None:
                     cells.append("-")
                     continue
-                elr = [
-                    (g[m]["mean_length"] - r[m]["mean_length"]) / (g[m]["mean_length"] - base[m]["mean_length"])
-                    for r, g in zip(rs, grpo)
-                ]
-                cells.append(spread(elr))
+                values = [elr(g, r, base, m) for r, g in zip(rs, grpo)]
+                defined = [v for v in values if v is not None]
+                cells.append((spread(defined) if defined else "n/a") + f" ({len(defined)} of {len(values)} seeds)")
             cells.append(spread([step_times(r)[0] / step_times(g)[0] for r, g in zip(rs, grpo)]))
             cpu = [(step_times(r, "cpu_")[0], step_times(g, "cpu_")[0]) for r, g in zip(rs, grpo)]
             cpu = [a / b for a, b in cpu if a == a and b == b]  # seeds whose runs recorded CPU time
