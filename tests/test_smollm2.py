@@ -83,6 +83,23 @@ def test_correct_sum_reads_the_last_integer():
         addition.correct_sum(["1", "2"], [1])
 
 
+def test_wilson_interval_and_lengths_as_trl_counts_them():
+    from gfpo_filters.smollm2 import completion_lengths, resolve_device, wilson
+
+    lo, hi = wilson(50, 100)  # the textbook value for 50 of 100
+    assert (round(lo, 4), round(hi, 4)) == (0.4038, 0.5962)
+    assert wilson(0, 10)[0] == pytest.approx(0.0, abs=1e-12) and wilson(0, 10)[1] == pytest.approx(0.2775, abs=1e-4)
+    ids = torch.tensor([[5, 2, 7, 2], [5, 6, 7, 8], [2, 2, 2, 2]])  # EOS = 2: ended at 2, truncated, ended at 1
+    assert completion_lengths(ids, 2).tolist() == [2, 4, 1]
+    assert resolve_device("cpu") == "cpu"
+    with pytest.raises(ValueError, match="device must be auto, cpu or cuda, not 'tpu'"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        assert resolve_device("auto") == "cpu"
+        with pytest.raises(RuntimeError, match="torch sees no GPU"):
+            resolve_device("cuda")
+
+
 # ------------------------------------------------------------------ the real model
 @pytest.fixture(scope="module")
 def smollm2():
