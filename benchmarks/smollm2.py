@@ -59,6 +59,7 @@ def run_arm(name: str, seed: int, args: argparse.Namespace) -> dict:
             prompts_per_step=args.prompts_per_step,
             max_completion_length=args.max_completion_length,
             log_every=args.log_every,
+            gfpo_loss_normalizer=args.gfpo_loss_normalizer,
         )
     record.update(arm=name, train_wall_seconds=time.perf_counter() - start, torch_threads=torch.get_num_threads())
     model.to(device)
@@ -230,19 +231,25 @@ def plot(out: Path, path: Path, window: int = 5) -> None:
     colors = {"grpo": "tab:blue", "token_efficiency": "tab:orange", "recommended": "tab:green"}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name, color in colors.items():
-        for seed, r in sorted(runs.get(name, {}).items()):
-            h = r["history"]
-            steps = [x["step"] for x in h]
-            for ax, key in zip(axes, ("reward", "length")):
-                values = [x[key] for x in h]
+        rs = [r for _, r in sorted(runs.get(name, {}).items())]
+        if not rs:
+            continue
+        label = f"{name} ({rs[0]['keep_signal']})" if rs[0].get("filter") else name
+        for ax, key in zip(axes, ("reward", "length")):
+            curves = []
+            for r in rs:  # each seed thin, the mean over seeds bold
+                values = [x[key] for x in r["history"]]
                 smooth = [mean(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
-                label = f"{name} ({r['keep_signal']})" if r.get("filter") else name
-                ax.plot(steps, smooth, color=color, ls="-" if seed == 0 else "--", label=f"{label}, seed {seed}")
+                ax.plot([x["step"] for x in r["history"]], smooth, color=color, lw=0.7, alpha=0.35)
+                curves.append(smooth)
+            steps = [x["step"] for x in rs[0]["history"]]
+            average = [mean(list(v)) for v in zip(*curves)]
+            ax.plot(steps, average, color=color, lw=2.2, label=f"{label}, mean of {len(rs)} seeds")
     axes[0].set(xlabel="step", ylabel=f"mean reward, all 8 samples ({window}-step mean)", ylim=(0, 1.05))
     axes[1].set(xlabel="step", ylabel=f"mean completion length, tokens ({window}-step mean)")
     axes[0].set_title("Training reward")
     axes[1].set_title("Training completion length")
-    axes[1].legend(fontsize=7)
+    axes[1].legend(fontsize=8)
     r0 = next(r for name in colors for r in runs.get(name, {}).values())
     fig.suptitle(
         f"SmolLM2-135M-Instruct, one-digit additions: G = {r0['num_generations']}, {r0['prompts_per_step']} "
@@ -263,6 +270,9 @@ def main() -> int:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--no-bf16", action="store_true", help="float32 instead of bf16 autocast")
     parser.add_argument("--learning-rate", type=float, default=5e-5)
+    parser.add_argument(
+        "--gfpo-loss-normalizer", default="kept", choices=["kept", "all"], help="GFPOConfig's (default kept)"
+    )
     parser.add_argument("--keep-signal", default=None, help="keep_signal mode of the recommended arm")
     parser.add_argument("--samples", type=int, default=1, help="sampled answers per held-out prompt (default 1)")
     parser.add_argument(

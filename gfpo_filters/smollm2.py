@@ -139,6 +139,7 @@ def train(
     max_completion_length: int = 32,
     model_path: str = "smollm2",
     log_every: int = 0,
+    gfpo_loss_normalizer: str = "kept",
 ) -> tuple[Any, Any, dict[str, Any]]:
     """Train ``arm`` from the pretrained model; return (model, tokenizer, record with the per-step history).
 
@@ -160,6 +161,7 @@ def train(
         num_remains_in_group=arm.k,
         group_filter=arm.filter,
         keep_signal=arm.keep_signal,
+        gfpo_loss_normalizer=gfpo_loss_normalizer,
         max_completion_length=max_completion_length,
         temperature=1.0,
         learning_rate=learning_rate,
@@ -243,6 +245,7 @@ def train(
         "prompts_per_step": prompts_per_step,
         "max_completion_length": max_completion_length,
         "learning_rate": learning_rate,
+        "gfpo_loss_normalizer": gfpo_loss_normalizer,
         "steps": steps,
         "seed": seed,
         "device": device,
