@@ -44,3 +44,7 @@ class GFPOFilterWarning(UserWarning):
 
 class PluginLoadWarning(GFPOFilterWarning):
     """A plugin failed to import or register; its filters are unavailable, all others work."""
+
+
+class GFPOStepWarning(GFPOFilterWarning):
+    """:func:`gfpo_filters.step.gfpo_step` met input it could handle, but not as asked (e.g. NaN scores)."""

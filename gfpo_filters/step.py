@@ -37,7 +37,15 @@ import numpy as np
 from gfpo_filters.adaptive import BUCKETS, AdaptiveK
 from gfpo_filters.base import GroupFilter, check_scores
 from gfpo_filters.registry import load_filter
-from gfpo_filters.selection import balanced_mask, gfpo_advantages, has_signal, k_array, ranks, signal_swap
+from gfpo_filters.selection import (
+    balanced_mask,
+    gfpo_advantages,
+    has_signal,
+    k_array,
+    ranks,
+    round_up_rows,
+    signal_swap,
+)
 
 #: Keyword arguments a filter may take besides ``group_completions`` and ``group_rewards``.
 FILTER_KWARGS = ("completion_ids", "completion_lengths", "prompts", "num_remains_in_group")
@@ -169,6 +177,7 @@ def gfpo_step(
     sync_scores: Callable[[np.ndarray], np.ndarray] | None = None,
     filter_kwargs: Sequence[str] | None = None,
     keep_signal: bool | str = False,
+    row_multiple: int = 1,
 ) -> GFPOStepResult:
     """Score, select and compute GFPO advantages for a batch of ``n_groups`` groups of ``G``.
 
@@ -196,6 +205,11 @@ def gfpo_step(
     keep_signal:
         False (the paper), True (the default mode, ``"swap"``) or a mode of :data:`KEEP_SIGNAL`.
         Every mode is deterministic, so identical scores give identical rows on every process.
+    row_multiple:
+        Keep more completions until the batch's kept count is a multiple of this (an engine that
+        splits the kept rows into equal micro-batches needs no padding rows then); which rows are
+        added: :func:`gfpo_filters.selection.round_up_rows`. The advantages are standardised over
+        the final kept set; ``gfpo/rounding_rows`` counts the rows added.
     """
     mode = keep_signal_mode(keep_signal)
     rewards = np.asarray(rewards, dtype=np.float64)
@@ -230,9 +244,11 @@ def gfpo_step(
     if sync_scores is not None:
         scores = np.asarray(sync_scores(scores), dtype=np.float64)
 
-    sel = select(scores, rewards, k_groups, lengths=lengths, keep_signal=mode, scale=scale)
+    sel = select(scores, rewards, k_groups, lengths=lengths, keep_signal=mode, scale=scale, row_multiple=row_multiple)
     kept, advantages = sel.kept, sel.advantages
-    metrics = selection_metrics(rewards, lengths, kept, k_groups, buckets, top=sel.top, signal=sel.signal)
+    metrics = selection_metrics(
+        rewards, lengths, kept, k_groups, buckets, top=sel.top, signal=sel.signal, added=sel.added
+    )
     metrics["gfpo/filter_seconds"] = filter_seconds
     return GFPOStepResult(scores, kept, advantages, k_groups, buckets, metrics, top=sel.top, signal=sel.signal)
 
@@ -245,6 +261,7 @@ class Selection:
     kept: np.ndarray  # the kept set after keep_signal
     advantages: np.ndarray  # GFPO advantages of the kept set
     signal: np.ndarray  # (n_groups,): the rewards the advantages standardise take two values
+    added: np.ndarray | None = None  # rows kept only to reach row_multiple
 
 
 def select(
@@ -255,10 +272,12 @@ def select(
     lengths: np.ndarray | None = None,
     keep_signal: bool | str = False,
     scale: str = "group",
+    row_multiple: int = 1,
 ) -> Selection:
     """Steps 4 to 6 of :func:`gfpo_step` on checked scores (the benchmark calls this too).
 
-    ``"swap_long"`` reads ``lengths``; without them it is ``"swap"``.
+    ``"swap_long"`` reads ``lengths``; without them it is ``"swap"``. ``row_multiple``: see
+    :func:`gfpo_step`.
     """
     mode = keep_signal_mode(keep_signal)
     rewards = np.asarray(rewards, dtype=np.float64)
@@ -274,10 +293,12 @@ def select(
         kept = signal_swap(rank, top, rewards, prefer=np.where(rewards < level, -lengths, lengths))
     elif mode == "balanced":
         kept = balanced_mask(rank, rewards, k)
+    chosen = kept
+    kept = round_up_rows(kept, rank, rewards, row_multiple)
     baseline = valid if mode == "group_baseline" else kept
     advantages = gfpo_advantages(rewards, kept, scale=scale, baseline=baseline)
     signal = has_signal(rewards, baseline) & (kept & valid).any(axis=1)
-    return Selection(top, kept, advantages, signal)
+    return Selection(top, kept, advantages, signal, added=kept & ~chosen)
 
 
 def _k_per_group(k: Any, n_groups: int, g: int) -> np.ndarray:
@@ -306,14 +327,17 @@ def selection_metrics(
     buckets: np.ndarray | None = None,
     top: np.ndarray | None = None,
     signal: np.ndarray | None = None,
+    added: np.ndarray | None = None,
 ) -> dict[str, float]:
     """The ``gfpo/*`` metrics of one batch: what was kept against what was sampled.
 
-    ``top`` is the filter's own top k (before ``keep_signal``; default: ``kept``) and ``signal``
-    :attr:`Selection.signal` (default: not logged).
+    ``top`` is the filter's own top k (before ``keep_signal``; default: ``kept``), ``signal``
+    :attr:`Selection.signal` (default: not logged) and ``added`` the rows kept only to reach
+    ``row_multiple`` (default: none).
     """
     valid = np.isfinite(rewards)
     top = kept if top is None else top
+    added = np.zeros(kept.shape, dtype=bool) if added is None else np.asarray(added, dtype=bool)
     kept_valid = kept & valid
     nan = float("nan")
     metrics = {
@@ -329,7 +353,9 @@ def selection_metrics(
         "gfpo/frac_kept_zero_std_before": float((~has_signal(rewards, top)).mean()) if kept.size else nan,
         "gfpo/frac_group_zero_std": float((~has_signal(rewards, valid)).mean()) if kept.size else nan,
         # Completions keep_signal put in the kept set in place of one of the filter's top k.
-        "gfpo/keep_signal_swaps": float((kept & ~top).sum()),
+        "gfpo/keep_signal_swaps": float((kept & ~top & ~added).sum()),
+        # Completions kept only to make the batch's kept count a multiple of row_multiple.
+        "gfpo/rounding_rows": float(added.sum()),
         "gfpo/missing_reward_frac": float((~valid).mean()) if valid.size else nan,
     }
     if signal is not None:

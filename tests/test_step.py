@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from gfpo_filters import FilterOutputError, load_filter
+from gfpo_filters import FilterOutputError, GFPOStepWarning, GroupInputError, load_filter
 from gfpo_filters.adaptive import AdaptiveK
 from gfpo_filters.step import gfpo_step, group_rows, has_signal, resolve_filter, selection_metrics
 
@@ -125,3 +125,69 @@ def test_helpers():
     assert resolve_filter("reward", {"threshold": 0.5}).threshold == 0.5
     with pytest.raises(ValueError, match="need a filter name"):
         resolve_filter(lambda **kw: None, {"x": 1})
+
+
+def test_row_multiple_adds_the_next_ranked_rows_of_the_hardest_groups_first():
+    # reward filter, k=2: 6 rows kept; row_multiple=4 needs 2 more. Mean rewards 0.5, 0.25, 0.75: group 1 is
+    # the hardest, then group 0; each adds its best-ranked completion not kept (ties by position: row 1).
+    rewards = np.array([[1.0, 0.0, 1.0, 0.0], [0.0, 0.0, 1.0, 0.0], [1.0, 1.0, 1.0, 0.0]])
+    result = gfpo_step(load_filter("reward"), completions=[["a"] * 4] * 3, rewards=rewards, k=2, row_multiple=4)
+    np.testing.assert_array_equal(
+        result.kept, [[True, True, True, False], [True, True, True, False], [True, True, False, False]]
+    )
+    # Advantages over the final kept sets: {1, 0, 1} -> mean 2/3, std sqrt(2)/3; {0, 0, 1} -> mean 1/3; {1, 1} -> 0.
+    s = math.sqrt(2) / 3 + 1e-4
+    np.testing.assert_allclose(
+        result.advantages, [[1 / 3 / s, -2 / 3 / s, 1 / 3 / s, 0], [-1 / 3 / s, -1 / 3 / s, 2 / 3 / s, 0], [0] * 4]
+    )
+    assert result.metrics["gfpo/rounding_rows"] == 2.0
+    assert result.metrics["gfpo/keep_signal_swaps"] == 0.0
+    assert result.metrics["gfpo/kept_fraction"] == 8 / 12
+    np.testing.assert_array_equal(result.k, [2, 2, 2])  # k stays what the filter was asked for
+
+
+def test_row_multiple_goes_round_by_round_and_breaks_ties_by_group_index():
+    # Equal mean rewards: group 0 before group 1; 3 rows kept of 8, row_multiple=7 adds 4: two rounds of both groups.
+    rewards = np.array([[0.4, 0.3, 0.2, 0.1], [0.1, 0.2, 0.3, 0.4]])
+    kept = gfpo_step(load_filter("reward"), completions=[["a"] * 4] * 2, rewards=rewards, k=[2, 1], row_multiple=7).kept
+    np.testing.assert_array_equal(kept, [[True, True, True, True], [False, True, True, True]])
+    # One more row than a round: group 0 (first by index) gets it.
+    kept = gfpo_step(load_filter("reward"), completions=[["a"] * 4] * 2, rewards=rewards, k=1, row_multiple=3).kept
+    np.testing.assert_array_equal(kept, [[True, True, False, False], [False, False, False, True]])
+
+
+def test_row_multiple_adds_rows_without_a_reward_only_when_nothing_else_is_left():
+    rewards = np.array([[1.0, NAN, 0.0, NAN], [0.0, 1.0, 0.0, 1.0]])
+    # 4 kept, row_multiple=6: group 0 has no scorable row left, group 1 (mean 0.5) adds its next two.
+    result = gfpo_step(load_filter("reward"), completions=[["a"] * 4] * 2, rewards=rewards, k=2, row_multiple=6)
+    np.testing.assert_array_equal(result.kept, [[True, False, True, False], [True, True, True, True]])
+    with pytest.warns(GFPOStepWarning, match=r"row_multiple=7: .* 1 of the 3 rows added .* have no reward"):
+        result = gfpo_step(load_filter("reward"), completions=[["a"] * 4] * 2, rewards=rewards, k=2, row_multiple=7)
+    # The first missing row by rank (position 1) comes in, with advantage 0.
+    np.testing.assert_array_equal(result.kept, [[True, True, True, False], [True, True, True, True]])
+    assert result.advantages[0, 1] == 0.0
+
+
+def test_row_multiple_that_the_batch_cannot_reach_is_an_error():
+    with pytest.raises(GroupInputError, match=r"row_multiple=5: 2 kept rows need 3 more .* has only 2 rows left"):
+        gfpo_step(load_filter("reward"), completions=[["a"] * 2] * 2, rewards=np.zeros((2, 2)), k=1, row_multiple=5)
+    with pytest.raises(ValueError, match=r"row_multiple must be an int >= 1, got 0"):
+        gfpo_step(load_filter("reward"), completions=[["a"] * 2], rewards=np.zeros((1, 2)), k=1, row_multiple=0)
+
+
+@pytest.mark.parametrize("mode", ["off", "swap", "swap_long", "group_baseline", "balanced"])
+def test_row_multiple_gives_a_multiple_in_every_keep_signal_mode(mode):
+    rng = np.random.default_rng(0)
+    rewards = rng.integers(0, 2, size=(6, 8)).astype(float)
+    lengths = rng.integers(1, 50, size=(6, 8))
+    result = gfpo_step(
+        load_filter("length"),
+        completions=[["a"] * 8] * 6,
+        rewards=rewards,
+        lengths=lengths,
+        k=3,
+        keep_signal=mode,
+        row_multiple=8,
+    )
+    assert result.kept.sum() == 24 and result.metrics["gfpo/rounding_rows"] == 6.0
+    assert (result.kept >= result.top).all() or mode in ("swap", "swap_long", "balanced")
