@@ -48,3 +48,11 @@ class PluginLoadWarning(GFPOFilterWarning):
 
 class GFPOStepWarning(GFPOFilterWarning):
     """:func:`gfpo_filters.step.gfpo_step` met input it could handle, but not as asked (e.g. NaN scores)."""
+
+
+class IgnoredSettingWarning(GFPOFilterWarning):
+    """A setting the user made has no effect with GFPO (e.g. one verl drops for custom samplers)."""
+
+
+class AdvantageStdWarning(GFPOFilterWarning):
+    """The engine standardises advantages with another std than the paper's (e.g. verl's GRPO, n - 1)."""

@@ -39,11 +39,13 @@ def test_the_grpo_and_gfpo_commands_build_their_buffers():
     from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
 
     grpo, gfpo = doc_commands()
-    # GFPO changes n and ppo_mini_batch_size and adds the sampler lines; everything else is GRPO's.
+    # GFPO changes the estimator, n and ppo_mini_batch_size and adds the sampler lines; the rest is GRPO's.
     assert [a for a in grpo if a not in gfpo] == [
+        "algorithm.adv_estimator=grpo",
         "actor_rollout_ref.actor.ppo_mini_batch_size=64",
         "actor_rollout_ref.rollout.n=8",
     ]
+    assert "algorithm.adv_estimator=gfpo" in gfpo
     assert len(gfpo) == len(grpo) + 4
 
     buffers = []
