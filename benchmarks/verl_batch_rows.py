@@ -13,8 +13,8 @@ the rows that reach the update (real + synthetic) and their tokens (prompt + res
 row is 128 tokens). The rollout files have no token ids, so a character counts as one token.
 
 Then it times what the selection adds to verl's ``sample`` at a larger scale (64 prompts x 16
-sessions of 1,000 to 3,000 random tokens, reading every row's ``responses`` and ``rm_scores`` from
-TransferQueue onto the driver): the best of ``--repeats`` runs of each buffer's ``sample``.
+sessions of 1,000 to 3,000 random tokens, reading every row's ``responses``, ``response_mask`` and
+``rm_scores`` from TransferQueue onto the driver): the best of ``--repeats`` runs of each buffer's ``sample``.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def compose(n: int, prompts: int, mini: int, k: int | None, adaptive: list[int] 
     from hydra import initialize_config_dir
 
     overrides = [
-        "algorithm.adv_estimator=grpo",
+        f"algorithm.adv_estimator={'grpo' if k is None else 'gfpo'}",
         f"actor_rollout_ref.rollout.n={n}",
         f"data.train_batch_size={prompts}",
         f"actor_rollout_ref.actor.ppo_mini_batch_size={mini}",
@@ -141,7 +141,11 @@ def time_sample(tq, repeats: int, prompts: int = 64, n: int = 16) -> dict[str, f
                 uid = uuid.uuid4().hex
                 lengths = rng.integers(1000, 3000, n)
                 fields = [
-                    {"responses": torch.randint(2, 30000, (int(ln),)), "rm_scores": torch.zeros(int(ln))}
+                    {
+                        "responses": torch.randint(2, 30000, (int(ln),)),
+                        "response_mask": torch.ones(int(ln), dtype=torch.int64),
+                        "rm_scores": torch.zeros(int(ln)),
+                    }
                     for ln in lengths
                 ]
                 for f in fields:

@@ -4,6 +4,7 @@ verl's v1 trainer takes its replay buffer from the config; this one samples as v
 keeps the top ``num_remains_in_group`` sessions of each prompt and drops the rest before the
 old/ref log-probs, the advantages and the actor update ever see them::
 
+    algorithm.adv_estimator=gfpo
     trainer.v1.sampler.custom_sampler.path=pkg://gfpo_filters.integrations.verl
     trainer.v1.sampler.custom_sampler.name=GFPOReplayBuffer
     +trainer.v1.sampler.sampler_kwargs.filter=token_efficiency
@@ -14,11 +15,16 @@ On each ``sample`` it:
 1. takes the batch verl's own ``ReplayBuffer`` (or ``ReplayBufferAsync`` in the async modes)
    selected, and groups its trajectories by uid; a session (``{uid}_{session}``) is one
    completion, and a session with several outputs stays whole,
-2. reads each session's token ids (``responses``, outputs concatenated) and reward (the
+2. reads each session's token ids (``responses``, outputs concatenated), length (the tokens the
+   policy wrote: ``response_mask`` sums, so a tool's output does not count) and reward (the
    ``rm_scores`` sum of its last output, the one verl's GRPO reads) from TransferQueue,
 3. calls the engine-neutral GFPO step (:func:`gfpo_filters.step.gfpo_step`) once on all groups,
 4. clears the rejected sessions' keys from TransferQueue and returns the kept batch with
-   ``gfpo/*`` metrics. verl's GRPO then standardises rewards per uid, that is over the kept set.
+   ``gfpo/*`` metrics, the policy's response length before and after the filter among them.
+
+verl then computes the advantages per uid over the kept rows. Importing this module registers the
+``gfpo`` advantage estimator (:func:`compute_gfpo_outcome_advantage`): GRPO's, with the paper's
+population std where verl's ``grpo`` uses torch's sample std.
 
 Validation batches (partition ``val``) are not filtered.
 
@@ -27,8 +33,12 @@ verl internals this relies on (checked on verl 0.9.1 with TransferQueue 0.1.11):
 ``trainer_mode, trainer_config, max_off_policy_threshold, max_off_policy_strategy, sampler_kwargs,
 refill_fn``; ``sample(global_steps, partition_id, batch_size) -> (KVBatchMeta, metrics)``), as
 ``PPOTrainer._build_replay_buffer`` builds a custom sampler; trajectory keys
-``{uid}_{session_id}_{index}`` with fields ``responses`` and ``rm_scores`` (token-level, the
-reward on the last token) as ``agent_loop_tq`` writes them; ``transfer_queue.kv_batch_get`` /
+``{uid}_{session_id}_{index}`` with fields ``responses``, ``response_mask`` and ``rm_scores``
+(token-level, the reward on the last token) as ``agent_loop_tq`` writes them; ``algorithm.filter_groups``
+and ``sampler.sync_refill_failed_groups`` reaching only verl's own buffers (warned about);
+``core_algos.register_adv_est`` and ``compute_advantage`` passing a custom estimator ``config`` (the
+``algorithm`` node) but not ``norm_adv_by_std_in_grpo``, with the session grouping of
+``compute_advantage_for_multi_trajectories`` for ``grpo`` only; ``transfer_queue.kv_batch_get`` /
 ``kv_clear`` and ``KVBatchMeta.select_keys``; ``sampler_kwargs`` being a node of the trainer's
 whole OmegaConf config (``_get_root()``), from which the construction checks read
 ``actor_rollout_ref.rollout.n``, ``reward.reward_model.{enable,enable_resource_pool}`` (verl
