@@ -86,6 +86,7 @@ SAMPLER_KWARGS = (
     "tokenizer",
     "keep_signal",
     "advantage_std",
+    "fill_batch_multiple",
 )
 PREFIX = "trainer.v1.sampler.sampler_kwargs"
 #: ``advantage_std``: the paper's population std over the kept set (Eq. 1, the TRL adapter's), or torch's sample std.
@@ -111,6 +112,10 @@ class GFPOReplayBuffer(ReplayBuffer):
       ``"sample"`` (torch's ``std``, n - 1, verl's GRPO): the std ``algorithm.adv_estimator=gfpo``
       divides by (:func:`compute_gfpo_outcome_advantage`). With ``adv_estimator=grpo``, verl's
       GRPO divides by the sample std; the buffer warns unless ``advantage_std="sample"``.
+    * ``fill_batch_multiple``: True to keep more ranked sessions (hardest prompts first, see
+      :func:`gfpo_filters.selection.round_up_rows`) until the kept rows are a multiple of verl's
+      ``ppo_mini_batch_size * rollout.n``, so verl adds no synthetic rows (e.g. with adaptive k).
+      Default False: exactly k per prompt, the paper.
     * ``tokenizer``: a Hugging Face tokenizer path (e.g. ``${actor_rollout_ref.model.path}``);
       with it, filters get decoded text as completions, else token-id lists. Token ids and
       lengths are passed either way.
@@ -178,9 +183,12 @@ class GFPOReplayBuffer(ReplayBuffer):
         self._filter_kwargs = accepted_kwargs(self.group_filter)
         self.adv_estimator = _get(root, "algorithm.adv_estimator")
         self.max_response_length = _get(root, "actor_rollout_ref.rollout.response_length")
+        # fill_batch_multiple: keep more ranked rows until verl needs no synthetic ones (gfpo_step's row_multiple).
+        self.row_multiple = _fill_multiple(root, trainer_mode) if options.get("fill_batch_multiple") else 1
         if root is not None:
             _check_reward_at_sampling(root)
-            _check_batch_sizes(root, trainer_mode, self.num_remains_in_group, self._adaptive is not None)
+            if self.row_multiple == 1:
+                _check_batch_sizes(root, trainer_mode, self.num_remains_in_group, self._adaptive is not None)
             _check_ignored_settings(root, trainer_mode)
             if self.adv_estimator == "grpo" and self.advantage_std == "population":
                 _warn(
@@ -239,6 +247,7 @@ class GFPOReplayBuffer(ReplayBuffer):
             global_step=global_steps,
             filter_kwargs=self._filter_kwargs,
             keep_signal=self.keep_signal,
+            row_multiple=self.row_multiple,
         )
         kept = result.kept & groups.present
         outputs = groups.sum(np.ones(len(batch)))
@@ -510,20 +519,50 @@ def _check_reward_at_sampling(root: DictConfig) -> None:
         )
 
 
-def _check_batch_sizes(root: DictConfig, mode: str, k: int, adaptive: bool) -> None:
-    """Warn when verl would pad the kept rows back up with synthetic ones (see docs/verl.md)."""
+def _batch_layout(root: DictConfig | None, mode: str) -> tuple[int, int, int, bool] | None:
+    """Prompts per sampled batch, rollout.n, the row multiple verl pads a batch to (as
+    ``PPOTrainer._get_required_batch_multiple``, leaving out the data-parallel size) and whether a
+    critic is trained; None when the config does not say."""
     n = _get(root, "actor_rollout_ref.rollout.n")
     prompts = _get(root, "data.train_batch_size")
     mini = _get(root, "actor_rollout_ref.actor.ppo_mini_batch_size")
     if not all(isinstance(v, int) for v in (n, prompts, mini)):
-        return
+        return None
     prompts //= _get(root, f"trainer.v1.{mode}.parameter_sync_step") or 1
-    multiple = mini * n  # as PPOTrainer._get_required_batch_multiple, leaving out the data-parallel size
+    multiple = mini * n
     critic_mini = _get(root, "critic.ppo_mini_batch_size")
     critic = _get(root, "critic.enable")
     critic = _get(root, "algorithm.adv_estimator") == "gae" if critic is None else critic  # as verl's need_critic
     if critic and isinstance(critic_mini, int):
         multiple = math.lcm(multiple, critic_mini * n)
+    return prompts, n, multiple, bool(critic)
+
+
+def _fill_multiple(root: DictConfig | None, mode: str) -> int:
+    """``fill_batch_multiple``: the row multiple to keep, checked so that a sampled batch can always reach it."""
+    layout = _batch_layout(root, mode)
+    if layout is None:
+        raise ValueError(
+            f"{PREFIX}.fill_batch_multiple needs data.train_batch_size, actor_rollout_ref.rollout.n and "
+            "actor_rollout_ref.actor.ppo_mini_batch_size as ints in verl's config"
+        )
+    prompts, n, multiple, _ = layout
+    if prompts * n % multiple:
+        raise ValueError(
+            f"{PREFIX}.fill_batch_multiple: a sampled batch has {prompts} prompts x rollout.n={n} = {prompts * n} "
+            f"rows, not a multiple of {multiple} (ppo_mini_batch_size * rollout.n), so filling the kept rows up to "
+            "one could need more rows than were sampled; make data.train_batch_size (per parameter_sync_step) a "
+            "multiple of ppo_mini_batch_size"
+        )
+    return multiple
+
+
+def _check_batch_sizes(root: DictConfig, mode: str, k: int, adaptive: bool) -> None:
+    """Warn when verl would pad the kept rows back up with synthetic ones (see docs/verl.md)."""
+    layout = _batch_layout(root, mode)
+    if layout is None:
+        return
+    prompts, n, multiple, critic = layout
     rows = prompts * k
     pad = -rows % multiple  # the synthetic rows upsample_batch_to_divisible_size adds
     if pad == 0:

@@ -64,13 +64,14 @@ def test_the_grpo_and_gfpo_commands_build_their_buffers():
 
 
 def test_the_documented_sampler_kwargs_compose(tmp_path):
-    """The filter_params, adaptive_k, keep_signal, advantage_std and tokenizer lines of the sampler_kwargs table."""
+    """The filter_params, adaptive_k, keep_signal, advantage_std, fill_batch_multiple and tokenizer lines of the
+    sampler_kwargs table."""
     table = DOC.read_text().split("### `trainer.v1.sampler.sampler_kwargs`")[1].split("\n## ")[0]
     lines = [shlex.split(x)[0] for x in re.findall(r"`('\+trainer[^`]*'|\+trainer[^`]*)`", table)]
-    assert len(lines) == 5
+    assert len(lines) == 6
     _, gfpo = doc_commands()
     overrides = [a for a in gfpo if not a.startswith("+trainer.v1.sampler.sampler_kwargs.filter=")]
-    config = compose([*overrides, "+trainer.v1.sampler.sampler_kwargs.filter=weighted", *lines[:4]])
+    config = compose([*overrides, "+trainer.v1.sampler.sampler_kwargs.filter=weighted", *lines[:5]])
     from verl.trainer.ppo.v1 import get_trainer_cls
 
     trainer = object.__new__(get_trainer_cls("sync"))
@@ -80,5 +81,6 @@ def test_the_documented_sampler_kwargs_compose(tmp_path):
     assert buffer._adaptive.k_map.tolist() == [8, 8, 6, 4] and buffer._adaptive.warmup_k == 8
     assert buffer.keep_signal == "swap"
     assert buffer.advantage_std == "sample"
+    assert buffer.row_multiple == 32 * 16  # ppo_mini_batch_size x rollout.n of the GFPO command
     # The tokenizer line is an interpolation of the model path (loading Qwen's tokenizer needs the network).
-    assert lines[4] == "+trainer.v1.sampler.sampler_kwargs.tokenizer=${actor_rollout_ref.model.path}"
+    assert lines[5] == "+trainer.v1.sampler.sampler_kwargs.tokenizer=${actor_rollout_ref.model.path}"

@@ -417,6 +417,60 @@ def test_batch_padding_with_and_without_the_sizing_rule(transfer_queue, partitio
     assert (kept, rows, synthetic) == (24, 24, 0)
 
 
+def test_fill_batch_multiple_keeps_real_rows_instead_of_synthetic_ones(transfer_queue, partition, make_config):
+    """Adaptive k with 4 prompts of n = 8 and ppo_mini_batch_size = 1: verl's multiple is 8 rows. Mean rewards
+    0, 1/8, 1/2 and 1 fall in the 4 buckets, which keep 3, 3, 2 and 2: 10 rows, which verl pads to 16 with 6
+    synthetic ones. With fill_batch_multiple the buffer keeps 6 more ranked rows instead, hardest prompts first,
+    one per prompt per round: 2 rounds over the prompts (very hard, hard, medium, easy), then very hard and hard
+    once more. The length filter ranks by length, so each prompt adds its next shortest sessions."""
+    rewards = ([0] * 8, [1] + [0] * 7, [1, 0] * 4, [1] * 8)
+
+    def run(fill):
+        uids = [new_uid() for _ in rewards]
+        for uid, r in zip(uids, rewards):
+            write_group(transfer_queue, partition, uid, [[(s + 1, float(x))] for s, x in enumerate(r)])
+        config = make_config(
+            **{
+                "actor_rollout_ref.rollout.n": 8,
+                "data.train_batch_size": 4,
+                "actor_rollout_ref.actor.ppo_mini_batch_size": 1,
+                "algorithm.adv_estimator": "gfpo",
+            },
+            **gfpo_overrides(
+                filter="length",
+                num_remains_in_group=2,
+                adaptive_k=[3, 3, 2, 2],
+                fill_batch_multiple=fill,
+            ),
+        )
+        buffer = build_buffer(config)
+        batch, metrics = buffer.sample(global_steps=0, partition_id=partition, batch_size=4)
+        per_prompt = [sum(key.startswith(uid) for key in batch.keys) for uid in uids]
+        return per_prompt, metrics, padded_rows(config, batch, transfer_queue)
+
+    per_prompt, metrics, (rows, synthetic) = run(False)
+    assert (per_prompt, rows, synthetic, metrics["gfpo/rounding_rows"]) == ([3, 3, 2, 2], 16, 6, 0)
+    per_prompt, metrics, (rows, synthetic) = run(True)
+    assert (per_prompt, rows, synthetic, metrics["gfpo/rounding_rows"]) == ([5, 5, 3, 3], 16, 0, 6)
+    assert metrics["gfpo/kept_rows"] == 16
+
+
+def test_fill_batch_multiple_needs_whole_mini_batches_in_the_sampled_batch(make_config):
+    """With 6 prompts and ppo_mini_batch_size = 4, 48 sampled rows are not a multiple of 4 x 8 = 32: filling could
+    ask for more rows than were sampled, so the buffer refuses it at construction."""
+    config = make_config(
+        **{
+            "actor_rollout_ref.rollout.n": 8,
+            "data.train_batch_size": 6,
+            "actor_rollout_ref.actor.ppo_mini_batch_size": 4,
+            "algorithm.adv_estimator": "gfpo",
+        },
+        **gfpo_overrides(filter="length", num_remains_in_group=2, adaptive_k=[3, 3, 2, 2], fill_batch_multiple=True),
+    )
+    with pytest.raises(ValueError, match=r"fill_batch_multiple.*48 rows.*multiple of 32.*train_batch_size"):
+        build_buffer(config)
+
+
 @contextlib.contextmanager
 def _no_gfpo_warning():
     with warnings.catch_warnings(record=True) as record:
