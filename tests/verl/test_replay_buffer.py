@@ -273,10 +273,13 @@ def test_the_trainer_builds_it_from_the_documented_config(make_config):
             "actor_rollout_ref.rollout.n": 8,
             "data.train_batch_size": 8,
             "actor_rollout_ref.actor.ppo_mini_batch_size": 4,
+            "algorithm.adv_estimator": "gfpo",
         },
         **gfpo_overrides(filter="token_efficiency", num_remains_in_group=4),
     )
-    trainer = get_trainer_cls("sync")(config=config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GFPOFilterWarning)
+        trainer = get_trainer_cls("sync")(config=config)
     buffer = trainer.replay_buffer
     assert type(buffer) is GFPOReplayBuffer
     assert buffer.group_filter.name == "token_efficiency" and buffer.num_remains_in_group == 4
