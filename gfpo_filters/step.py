@@ -14,8 +14,8 @@ The step:
 2. calls the filter once on all groups, with token ids, lengths, prompts and k where it takes them,
 3. checks the scores (shape, numbers) and, on many processes, lets the engine make them identical
    everywhere (``sync_scores``: e.g. broadcast process 0's),
-4. keeps the top k of each group (ties to the earlier completion; NaN scores and missing
-   rewards last),
+4. keeps the top k of each group with a known reward (ties to the earlier completion; NaN
+   scores last; a completion without a reward is never kept, so a group may keep fewer than k),
 5. optionally keeps the learning signal (``keep_signal``, see :data:`KEEP_SIGNAL`): a kept set
    whose rewards are all equal, in a group whose rewards are not, gets no gradient, and
 6. standardises rewards over the kept set (population std, the paper's Eq. 1; with
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import inspect
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,7 @@ import numpy as np
 
 from gfpo_filters.adaptive import BUCKETS, AdaptiveK
 from gfpo_filters.base import GroupFilter, check_scores
+from gfpo_filters.errors import GFPOStepWarning, GroupInputError
 from gfpo_filters.registry import load_filter
 from gfpo_filters.selection import (
     balanced_mask,
@@ -45,6 +47,7 @@ from gfpo_filters.selection import (
     ranks,
     round_up_rows,
     signal_swap,
+    trains,
 )
 
 #: Keyword arguments a filter may take besides ``group_completions`` and ``group_rewards``.
@@ -122,7 +125,7 @@ class GFPOStepResult:
     buckets: np.ndarray | None = None  # (n_groups,) adaptive-k bucket, -1 for groups with no reward
     metrics: dict[str, float] = field(default_factory=dict)
     top: np.ndarray | None = None  # the filter's own top k, before keep_signal
-    signal: np.ndarray | None = None  # (n_groups,) the rewards the advantages standardise take two values
+    signal: np.ndarray | None = None  # (n_groups,) some advantage is not 0 (the group trains on something)
 
 
 def group_rows(rows: Sequence[Any], group_size: int) -> list[list[Any]]:
@@ -216,6 +219,13 @@ def gfpo_step(
     if rewards.ndim != 2:
         raise ValueError(f"rewards must have shape (n_groups, G), got {rewards.shape}")
     n_groups, g = rewards.shape
+    infinite = np.isinf(rewards)
+    if infinite.any():
+        i, j = map(int, np.argwhere(infinite)[0])
+        raise GroupInputError(
+            f"reward {rewards[i, j]} for group {i}, completion {j} is not a finite number; {int(infinite.sum())} "
+            "such reward(s) in this batch. Rewards must be finite, or NaN where a completion has no reward"
+        )
     if len(completions) != n_groups or any(len(c) != g for c in completions):
         raise ValueError(f"completions must be {n_groups} groups of {g}, matching rewards {rewards.shape}")
     if lengths is None:
@@ -243,6 +253,8 @@ def gfpo_step(
     filter_seconds = time.perf_counter() - start
     if sync_scores is not None:
         scores = np.asarray(sync_scores(scores), dtype=np.float64)
+    warn_bad_scores(scores, rewards, k_groups, filter_name(filter_fn))
+    warn_few_rewards(rewards, k_groups)
 
     sel = select(scores, rewards, k_groups, lengths=lengths, keep_signal=mode, scale=scale, row_multiple=row_multiple)
     kept, advantages = sel.kept, sel.advantages
@@ -260,7 +272,7 @@ class Selection:
     top: np.ndarray  # the filter's top k (missing rewards last), before keep_signal
     kept: np.ndarray  # the kept set after keep_signal
     advantages: np.ndarray  # GFPO advantages of the kept set
-    signal: np.ndarray  # (n_groups,): the rewards the advantages standardise take two values
+    signal: np.ndarray  # (n_groups,): some advantage is not 0 (selection.trains)
     added: np.ndarray | None = None  # rows kept only to reach row_multiple
 
 
@@ -283,7 +295,7 @@ def select(
     rewards = np.asarray(rewards, dtype=np.float64)
     valid = np.isfinite(rewards)
     rank = ranks(scores, valid)
-    top = rank < k_array(k, rewards.shape[0])[:, None]
+    top = (rank < k_array(k, rewards.shape[0])[:, None]) & valid  # a row without a reward trains on nothing
     kept = top
     if mode == "swap" or (mode == "swap_long" and lengths is None):
         kept = signal_swap(rank, top, rewards)
@@ -297,8 +309,56 @@ def select(
     kept = round_up_rows(kept, rank, rewards, row_multiple)
     baseline = valid if mode == "group_baseline" else kept
     advantages = gfpo_advantages(rewards, kept, scale=scale, baseline=baseline)
-    signal = has_signal(rewards, baseline) & (kept & valid).any(axis=1)
+    signal = trains(advantages)
     return Selection(top, kept, advantages, signal, added=kept & ~chosen)
+
+
+def _groups_text(groups: np.ndarray) -> str:
+    shown = groups[:10].tolist()
+    return f"{shown}"[:-1] + ", ...]" if groups.size > 10 else f"{shown}"
+
+
+def warn_bad_scores(scores: np.ndarray, rewards: np.ndarray, k: np.ndarray, name: str) -> None:
+    """A :class:`GFPOStepWarning` naming the filter when it gave NaN scores to completions that have a reward.
+
+    A group whose every such score is NaN keeps its first k completions with a reward, in sample
+    order (a uniformly random subset, as GRPO's rows are); elsewhere a NaN score ranks last.
+    """
+    valid = np.isfinite(rewards)
+    nan = np.isnan(scores) & valid
+    if not nan.any():
+        return
+    blind = valid.any(axis=1) & (nan == valid).all(axis=1)
+    parts = []
+    if blind.any():
+        k_text = str(int(k[blind][0])) if (k[blind] == k[blind][0]).all() else "k"
+        parts.append(
+            f"{int(blind.sum())} group(s) got only NaN scores (groups {_groups_text(np.flatnonzero(blind))}): "
+            f"they keep their first {k_text} completions with a reward, in sample order"
+        )
+    partial = nan & ~blind[:, None]
+    if partial.any():
+        i, j = map(int, np.argwhere(partial)[0])
+        parts.append(
+            f"{int(partial.sum())} NaN score(s) where the reward is known (first: group {i}, completion {j}) "
+            "rank below every number"
+        )
+    warnings.warn(f"filter {name!r}: " + "; ".join(parts), GFPOStepWarning, stacklevel=3)
+
+
+def warn_few_rewards(rewards: np.ndarray, k: np.ndarray) -> None:
+    """A :class:`GFPOStepWarning` with counts when groups know fewer rewards than k: they keep only those."""
+    known = np.isfinite(rewards).sum(axis=1)
+    few = known < k
+    if few.any():
+        groups = _groups_text(np.flatnonzero(few))
+        warnings.warn(
+            f"{int(few.sum())} group(s) have fewer known rewards than k (groups {groups}): only completions with a "
+            f"reward are kept there, {int(known[few].sum())} completion(s) kept instead of {int(k[few].sum())} "
+            "(a completion without a reward would cost a forward and backward pass for nothing)",
+            GFPOStepWarning,
+            stacklevel=3,
+        )
 
 
 def _k_per_group(k: Any, n_groups: int, g: int) -> np.ndarray:

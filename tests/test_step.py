@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -191,3 +192,99 @@ def test_row_multiple_gives_a_multiple_in_every_keep_signal_mode(mode):
     )
     assert result.kept.sum() == 24 and result.metrics["gfpo/rounding_rows"] == 6.0
     assert (result.kept >= result.top).all() or mode in ("swap", "swap_long", "balanced")
+
+
+# ---------------------------------------------------------------- bad input is rejected or named (issue 16, item 6)
+
+
+def test_a_filter_returning_nan_scores_is_named_and_the_group_keeps_its_first_k():
+    def half_nan(group_completions, group_rewards):
+        return [[NAN] * 4, [3.0, NAN, 1.0, 2.0], [1.0, 2.0, 3.0, 4.0]]
+
+    rewards = np.array([[0.0, 1.0, 0.0, 1.0]] * 3)
+    with pytest.warns(GFPOStepWarning) as record:
+        result = gfpo_step(half_nan, completions=[["a"] * 4] * 3, rewards=rewards, k=2)
+    message = " ".join(str(w.message) for w in record)
+    assert "half_nan" in message
+    assert "1 group(s) got only NaN scores (groups [0])" in message and "first 2 completions" in message
+    assert "1 NaN score(s) where the reward is known (first: group 1, completion 1)" in message
+    # All NaN: sample order (first k with a reward); partly NaN: the NaN ranks last.
+    np.testing.assert_array_equal(
+        result.kept, [[True, True, False, False], [True, False, False, True], [False, False, True, True]]
+    )
+
+
+def test_a_filter_returning_only_nan_scores_for_the_batch_is_named():
+    def all_nan(group_completions, group_rewards):
+        return [[NAN] * 3 for _ in group_completions]
+
+    with pytest.warns(GFPOStepWarning, match=r"all_nan.* 2 group\(s\) got only NaN scores \(groups \[0, 1\]\)"):
+        gfpo_step(all_nan, completions=[["a"] * 3] * 2, rewards=np.zeros((2, 3)), k=1)
+
+
+def test_nan_scores_where_the_reward_is_missing_are_fine():
+    def nan_where_missing(group_completions, group_rewards):
+        return [[NAN if math.isnan(r) else 1.0 for r in g] for g in group_rewards]
+
+    rewards = np.array([[0.0, NAN, 1.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gfpo_step(nan_where_missing, completions=[["a"] * 3], rewards=rewards, k=2)
+
+
+@pytest.mark.parametrize("bad", [math.inf, -math.inf])
+def test_an_infinite_reward_is_an_error_naming_group_and_completion(bad):
+    rewards = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, bad]])
+    with pytest.raises(GroupInputError, match=rf"reward {bad} for group 1, completion 2 .*1 such reward"):
+        gfpo_step(load_filter("reward"), completions=[["a"] * 3] * 2, rewards=rewards, k=2)
+
+
+def test_adaptive_k_larger_than_g_is_an_error():
+    with pytest.raises(ValueError, match=r"k_map \[8, 8, 6, 4\] .* groups of 4 completions"):
+        AdaptiveK([8, 8, 6, 4], warmup_k=4, group_size=4)
+    with pytest.raises(ValueError, match=r"warmup_k=5 .* groups of 4 completions"):
+        AdaptiveK([4, 4, 3, 2], warmup_k=5, group_size=4)
+    with pytest.raises(ValueError, match=r"k_map values must be >= 1"):
+        AdaptiveK([4, 0, 3, 2], warmup_k=2)
+    # Built without the group size, it is checked against the first batch.
+    adaptive = AdaptiveK([8, 8, 6, 4], warmup_k=4)
+    with pytest.raises(ValueError, match=r"k_map \[8, 8, 6, 4\] .* groups of 4 completions"):
+        gfpo_step(load_filter("reward"), completions=[["a"] * 4], rewards=np.zeros((1, 4)), k=2, adaptive=adaptive)
+
+
+def test_rows_without_a_reward_never_fill_kept_slots():
+    # Group 0 knows 2 rewards of 4 and keeps only those; group 1 knows none and keeps nothing.
+    rewards = np.array([[1.0, NAN, 0.0, NAN], [NAN] * 4, [0.0, 1.0, 1.0, 0.0]])
+    with pytest.warns(
+        GFPOStepWarning,
+        match=r"2 group\(s\) have fewer known rewards than k \(groups \[0, 1\]\).*"
+        r"2 completion\(s\) kept instead of 6",
+    ):
+        result = gfpo_step(load_filter("reward"), completions=[["a"] * 4] * 3, rewards=rewards, k=3)
+    np.testing.assert_array_equal(result.kept, [[True, False, True, False], [False] * 4, [True, True, True, False]])
+    np.testing.assert_array_equal(result.kept.sum(axis=1), [2, 0, 3])
+
+
+def test_row_multiple_does_not_add_rows_without_a_reward_while_others_are_left():
+    rewards = np.array([[1.0, NAN, 0.0, NAN], [0.0, 1.0, 0.0, 1.0]])
+    # Group 0 keeps its 2 known rewards (k=3), group 1 keeps 3: 5 rows; row_multiple=6 adds group 1's last row.
+    with pytest.warns(GFPOStepWarning, match="fewer known rewards than k"):
+        result = gfpo_step(load_filter("reward"), completions=[["a"] * 4] * 2, rewards=rewards, k=3, row_multiple=6)
+    np.testing.assert_array_equal(result.kept, [[True, False, True, False], [True, True, True, True]])
+
+
+def test_frac_no_signal_counts_groups_whose_advantages_are_all_zero():
+    # group_baseline, k=2: `reward` keeps the two 1.0... use `length` to keep the two 0.5 rewards, the group's mean.
+    rewards = np.array([[0.5, 0.5, 0.0, 1.0], [0.0, 1.0, 0.0, 1.0]])
+    lengths = np.array([[1, 2, 3, 4], [1, 2, 3, 4]])
+    result = gfpo_step(
+        load_filter("length"),
+        completions=[["a"] * 4] * 2,
+        rewards=rewards,
+        lengths=lengths,
+        k=2,
+        keep_signal="group_baseline",
+    )
+    assert not result.advantages[0].any() and result.advantages[1].any()
+    assert result.metrics["gfpo/frac_no_signal"] == 0.5
+    np.testing.assert_array_equal(result.signal, [False, True])
