@@ -27,6 +27,7 @@ Rewards are one float per completion, NaN where a completion could not be scored
 from __future__ import annotations
 
 import inspect
+import json
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -37,7 +38,7 @@ import numpy as np
 
 from gfpo_filters.adaptive import BUCKETS, AdaptiveK
 from gfpo_filters.base import GroupFilter, check_scores
-from gfpo_filters.errors import GFPOStepWarning, GroupInputError
+from gfpo_filters.errors import FilterStateError, FilterStateWarning, GFPOStepWarning, GroupInputError
 from gfpo_filters.registry import load_filter
 from gfpo_filters.selection import (
     balanced_mask,
@@ -112,6 +113,85 @@ def accepted_kwargs(f: FilterFn) -> tuple[str, ...]:
         return FILTER_KWARGS
     names = {p.name for p in params}
     return tuple(k for k in FILTER_KWARGS if k in names)
+
+
+def filter_state(filter_fn: FilterFn | None, adaptive: AdaptiveK | None = None) -> dict[str, Any]:
+    """Everything a resumed run needs to keep the rows an uninterrupted run would keep; JSON-serialisable.
+
+    ``{"filter": name, "filter_state": filter_fn.state_dict(), "adaptive": adaptive.state_dict()}``:
+    the filter's own state (:meth:`GroupFilter.state_dict`; a plain callable's ``state_dict()`` if it
+    has one, else ``{}``) and Adaptive Difficulty GFPO's window (None without adaptive k). Engine
+    adapters save it with their checkpoints and give it back to :func:`load_filter_state`.
+    """
+    state = _state_of(filter_fn)
+    try:
+        json.dumps(state)
+    except (TypeError, ValueError) as e:
+        raise FilterStateError(
+            f"filter {filter_name(filter_fn)!r}: state_dict() must return a JSON-serialisable dict ({e})"
+        ) from None
+    return {
+        "filter": None if filter_fn is None else filter_name(filter_fn),
+        "filter_state": state,
+        "adaptive": None if adaptive is None else adaptive.state_dict(),
+    }
+
+
+def load_filter_state(filter_fn: FilterFn | None, adaptive: AdaptiveK | None, state: dict[str, Any] | None) -> None:
+    """Restore what :func:`filter_state` saved into this run's filter and adaptive k.
+
+    Raises :class:`FilterStateError` when the state belongs to another filter (another name, or a
+    state the filter refuses, e.g. ``learned`` with another model). Warns
+    (:class:`FilterStateWarning`) when the checkpoint lacks state this run needs (a stateful filter,
+    the adaptive-k window): that part starts afresh, and the resumed run may keep other rows than an
+    uninterrupted one would. A state saved before filters had one (``{"adaptive": ...}`` alone) loads.
+    """
+    state = dict(state or {})
+    name = None if filter_fn is None else filter_name(filter_fn)
+    saved_name = state.get("filter")
+    if saved_name is not None and name is not None and saved_name != name:
+        raise FilterStateError(
+            f"the checkpoint's filter state belongs to filter {saved_name!r}, but this run uses {name!r}: "
+            "resume with the same filter, or start a new run"
+        )
+    saved = state.get("filter_state")
+    current = _state_of(filter_fn)
+    if saved:
+        load = getattr(filter_fn, "load_state_dict", None)
+        if not callable(load):
+            raise FilterStateError(
+                f"the checkpoint holds a state for filter {saved_name or name!r} (keys {sorted(saved)}), but "
+                f"this run's filter {name!r} has no load_state_dict()"
+            )
+        load(saved)
+    elif current:
+        warnings.warn(
+            f"the checkpoint has no state for filter {name!r}, which keeps one ({sorted(current)}): it starts "
+            "from its initial state, so this run may keep other rows than an uninterrupted one",
+            FilterStateWarning,
+            stacklevel=2,
+        )
+    saved_adaptive = state.get("adaptive")
+    if adaptive is not None:
+        if saved_adaptive is None:
+            warnings.warn(
+                "the checkpoint has no adaptive-k window: it starts empty, so k may differ from an uninterrupted run",
+                FilterStateWarning,
+                stacklevel=2,
+            )
+        else:
+            adaptive.load_state_dict(saved_adaptive)
+    elif saved_adaptive is not None:
+        warnings.warn(
+            "the checkpoint holds an adaptive-k window, but this run has no adaptive k: the window is ignored",
+            FilterStateWarning,
+            stacklevel=2,
+        )
+
+
+def _state_of(filter_fn: Any) -> dict[str, Any]:
+    get = getattr(filter_fn, "state_dict", None)
+    return dict(get()) if callable(get) else {}
 
 
 @dataclass

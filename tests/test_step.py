@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 
 import numpy as np
 import pytest
 
-from gfpo_filters import FilterOutputError, GFPOStepWarning, GroupInputError, load_filter
+from gfpo_filters import (
+    FilterOutputError,
+    FilterStateError,
+    FilterStateWarning,
+    GFPOStepWarning,
+    GroupInputError,
+    load_filter,
+)
 from gfpo_filters.adaptive import AdaptiveK
-from gfpo_filters.step import gfpo_step, group_rows, has_signal, resolve_filter, selection_metrics
+from gfpo_filters.step import (
+    filter_state,
+    gfpo_step,
+    group_rows,
+    has_signal,
+    load_filter_state,
+    resolve_filter,
+    selection_metrics,
+)
 
 NAN = float("nan")
 
@@ -288,3 +304,143 @@ def test_frac_no_signal_counts_groups_whose_advantages_are_all_zero():
     assert not result.advantages[0].any() and result.advantages[1].any()
     assert result.metrics["gfpo/frac_no_signal"] == 0.5
     np.testing.assert_array_equal(result.signal, [False, True])
+
+
+# ---------------------------------------------------------------- filter state across a resume (issue 16, item 7)
+
+
+def _run(filter_fn, adaptive, rewards, steps, start=0):
+    out = []
+    for step in range(start, start + steps):
+        r = rewards[step % len(rewards)]
+        result = gfpo_step(
+            filter_fn, completions=[["a"] * r.shape[1]] * r.shape[0], rewards=r, k=2, adaptive=adaptive,
+            global_step=step,
+        )  # fmt: skip
+        out.append(result)
+    return out
+
+
+def test_a_resumed_run_keeps_the_rows_of_an_uninterrupted_one():
+    rng = np.random.default_rng(0)
+    rewards = [rng.integers(0, 2, (6, 4)).astype(float) for _ in range(5)]
+
+    def build():
+        return load_filter("random", seed=3), AdaptiveK([4, 3, 3, 2], warmup_k=2, warmup_steps=1, window=8)
+
+    filter_fn, adaptive = build()
+    uninterrupted = _run(filter_fn, adaptive, rewards, 5)
+
+    filter_fn, adaptive = build()
+    _run(filter_fn, adaptive, rewards, 2)
+    saved = json.loads(json.dumps(filter_state(filter_fn, adaptive)))  # as a checkpoint stores it
+    assert saved["filter"] == "random" and saved["adaptive"]["values"]
+    filter_fn, adaptive = build()
+    load_filter_state(filter_fn, adaptive, saved)
+    resumed = _run(filter_fn, adaptive, rewards, 3, start=2)
+    for a, b in zip(uninterrupted[2:], resumed):
+        np.testing.assert_array_equal(a.scores, b.scores)
+        np.testing.assert_array_equal(a.k, b.k)
+        np.testing.assert_array_equal(a.kept, b.kept)
+    assert len({tuple(r.k) for r in resumed}) > 1  # adaptive k varies with the window
+
+    # Without the saved state the resumed run replays the first draws: another selection.
+    filter_fn, adaptive = build()
+    with pytest.warns(FilterStateWarning) as record:
+        load_filter_state(filter_fn, adaptive, {})
+    assert [str(w.message)[:60] for w in record] == [
+        "the checkpoint has no state for filter 'random', which keeps",
+        "the checkpoint has no adaptive-k window: it starts empty, so",
+    ]
+    assert not np.array_equal(_run(filter_fn, adaptive, rewards, 1, start=2)[0].scores, uninterrupted[2].scores)
+
+
+def test_combinations_save_the_state_of_their_components():
+    def build():
+        return load_filter("weighted", filters=["length", ("random", {"seed": 1})], weights=[1.0, 1.0])
+
+    rewards = np.zeros((3, 4))
+    f = build()
+    f(group_completions=[["a"] * 4] * 3, group_rewards=rewards)
+    state = json.loads(json.dumps(f.state_dict()))
+    assert [c["name"] for c in state["components"]] == ["length", "random"] and state["components"][0]["state"] == {}
+    g = build()
+    g.load_state_dict(state)
+    np.testing.assert_array_equal(
+        f(group_completions=[["a"] * 4] * 3, group_rewards=rewards),
+        g(group_completions=[["a"] * 4] * 3, group_rewards=rewards),
+    )
+    with pytest.raises(FilterStateError, match=r"'chain': the saved state is for components \['length', 'random'\]"):
+        load_filter("chain", filters=["random", "length"]).load_state_dict(state)
+    assert load_filter("chain", filters=["length", "reward"]).state_dict() == {}
+
+
+def test_a_state_from_another_filter_is_an_error():
+    saved = filter_state(load_filter("random"), None)
+    with pytest.raises(FilterStateError, match=r"belongs to filter 'random', but this run uses 'length'"):
+        load_filter_state(load_filter("length"), None, saved)
+    with pytest.raises(FilterStateError, match=r"filter 'length' keeps no state, but was given a state"):
+        load_filter("length").load_state_dict({"bit_generator": {}})
+    with pytest.raises(FilterStateError, match=r"filter 'random': expected a state with a 'bit_generator'"):
+        load_filter("random").load_state_dict({"seed": 0})
+    with pytest.warns(FilterStateWarning, match="this run has no adaptive k: the window is ignored"):
+        load_filter_state(load_filter("random"), None, {**saved, "adaptive": AdaptiveK([2] * 4, 2).state_dict()})
+
+
+def test_the_state_saved_before_filters_had_one_still_loads():
+    adaptive = AdaptiveK([4, 3, 3, 2], warmup_k=2)
+    adaptive.update(np.array([0.25, 0.5]))
+    restored = AdaptiveK([4, 3, 3, 2], warmup_k=2)
+    load_filter_state(load_filter("length"), restored, {"adaptive": adaptive.state_dict()})
+    assert len(restored) == 2
+
+
+def test_plain_callables_keep_their_state_if_they_have_one():
+    class Counter:
+        def __init__(self):
+            self.calls = 0
+
+        def __call__(self, group_completions, group_rewards):
+            self.calls += 1
+            return [[float(self.calls)] * len(g) for g in group_completions]
+
+        def state_dict(self):
+            return {"calls": self.calls}
+
+        def load_state_dict(self, state):
+            self.calls = state["calls"]
+
+    c = Counter()
+    gfpo_step(c, completions=[["a"] * 2], rewards=np.zeros((1, 2)), k=1)
+    saved = filter_state(c)
+    assert saved == {"filter": "Counter",
+                     "filter_state": {"calls": 1}, "adaptive": None}  # fmt: skip
+    fresh = Counter()
+    load_filter_state(fresh, None, saved)
+    assert fresh.calls == 1
+
+    def stateless(group_completions, group_rewards):
+        return [[0.0] * len(g) for g in group_completions]
+
+    assert filter_state(stateless)["filter_state"] == {}
+    load_filter_state(stateless, None, filter_state(stateless))
+
+    class Unsafe(Counter):
+        def state_dict(self):
+            return {"array": np.zeros(2)}
+
+    with pytest.raises(FilterStateError, match="state_dict\\(\\) must return a JSON-serialisable dict"):
+        filter_state(Unsafe())
+
+
+def test_learned_refuses_a_state_saved_with_another_model():
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    first = load_filter("learned", model=torch.nn.Linear(3, 1))
+    saved = json.loads(json.dumps(filter_state(first)))
+    assert saved["filter_state"]["model"] == "module Linear" and len(saved["filter_state"]["fingerprint"]) == 64
+    same = load_filter("learned", model=first.model)
+    load_filter_state(same, None, saved)
+    other = load_filter("learned", model=torch.nn.Linear(3, 1))  # other random weights
+    with pytest.raises(FilterStateError, match=r"'learned': the checkpoint was saved with model 'module Linear'"):
+        load_filter_state(other, None, saved)
