@@ -17,8 +17,10 @@ The step:
 4. keeps the top k of each group with a known reward (ties to the earlier completion; NaN
    scores last; a completion without a reward is never kept, so a group may keep fewer than k),
 5. optionally keeps the learning signal (``keep_signal``, see :data:`KEEP_SIGNAL`): a kept set
-   whose rewards are all equal, in a group whose rewards are not, gets no gradient, and
-6. standardises rewards over the kept set (population std, the paper's Eq. 1; with
+   whose rewards are all equal, in a group whose rewards are not, gets no gradient,
+6. optionally keeps more rows until the batch's kept count is a multiple of ``row_multiple`` (so an
+   engine can split it into equal micro-batches without padding rows), and
+7. standardises rewards over the kept set (population std, the paper's Eq. 1; with
    ``keep_signal="group_baseline"``, mean and std of the whole group).
 
 Rewards are one float per completion, NaN where a completion could not be scored.
