@@ -30,6 +30,10 @@ class UnknownFilterError(GFPOFilterError, KeyError, ValueError):
         return str(self.args[0]) if self.args else ""
 
 
+class FilterStateError(GFPOFilterError, ValueError):
+    """A checkpointed filter state does not belong to this filter (another filter, another model) or is malformed."""
+
+
 class DuplicateFilterError(GFPOFilterError, ValueError):
     """Two providers register the same filter name."""
 
@@ -56,3 +60,7 @@ class IgnoredSettingWarning(GFPOFilterWarning):
 
 class AdvantageStdWarning(GFPOFilterWarning):
     """The engine standardises advantages with another std than the paper's (e.g. verl's GRPO, n - 1)."""
+
+
+class FilterStateWarning(GFPOFilterWarning):
+    """A checkpoint lacks state a stateful filter (or adaptive k) needs: the resumed run starts it afresh."""
