@@ -71,6 +71,8 @@ def main() -> None:
                 else:
                     ranks = [torch.load(Path(out, f"{loss_type}-{feature}-rank{r}.pt"), weights_only=False)
                              for r in range(2)]  # fmt: skip
+                    if "error" in ranks[0]:
+                        raise RuntimeError(ranks[0]["error"])
                     micro = [r["gfpo"]["micro_batches"] for r in ranks]
                     print(row(loss_type, feature, 2, ranks[0], out, micro), flush=True)
             except Exception as e:  # noqa: BLE001 - a failing case is a result too

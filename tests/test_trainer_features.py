@@ -339,6 +339,53 @@ def test_tools_multi_turn(tmp_path):
     assert logged["tools/call_frequency"] == pytest.approx(3 / 4)
 
 
+def spell(word: str) -> str:
+    """
+    Spell a word out, ten times.
+
+    Args:
+        word: The word to spell.
+
+    Returns:
+        The word's letters, ten times over.
+    """
+    return " ".join(word) * 10
+
+
+def test_lengths_count_only_the_tokens_the_policy_wrote(tmp_path):
+    """A completion's length is its loss mask (completion mask x tool mask): tool output is not the policy's."""
+    if "tools" not in inspect.signature(GRPOTrainer.__init__).parameters:
+        pytest.skip("this TRL has no tool calling")
+    from tests.trainer_utils import ScriptedGenerate, build_chat_model, build_chat_tokenizer
+
+    # Row 0 calls a tool whose answer is long; rows 1 and 2 write long answers themselves; row 3 a short one.
+    turns = [tool_call("spell", word="abcdefgh"), "x" * 90 + "<|im_end|>", "y" * 100 + "<|im_end|>", "Short.<|im_end|>"]
+    tokenizer = build_chat_tokenizer()
+    spy = Spy("length")
+    trainer = GFPOTrainer(
+        model=build_chat_model(tokenizer), processing_class=tokenizer, train_dataset=chat_dataset(),
+        args=tiny_args(str(tmp_path), per_device_train_batch_size=8, num_generations=4, num_remains_in_group=2,
+                       max_completion_length=512),
+        reward_funcs=[lambda completions, **kw: [reward_of(c[-1]["content"]) for c in completions]], tools=[spell],
+        group_filter_func=spy,
+    )  # fmt: skip
+    trainer.model.generate = ScriptedGenerate(tokenizer, turns)
+    before, after = unfiltered_batches(trainer), capture_batches(trainer)
+    trainer.train()
+
+    batch = before[0]
+    policy = (batch["completion_mask"] * batch["tool_mask"]).sum(dim=1).reshape(2, 4)
+    written = batch["completion_mask"].sum(dim=1).reshape(2, 4)
+    assert (written[:, 0] > written[:, 2]).all() and (policy[:, 0] < policy[:, 1]).all()  # the case at stake
+    np.testing.assert_array_equal(np.asarray(spy.calls[0]["completion_lengths"]), policy.numpy())
+    # The length filter keeps the tool call (short in policy tokens) and the short answer, not the long answers.
+    kept = after[0]["completion_mask"].sum(dim=1).tolist()
+    assert sorted(kept) == sorted(written[:, [0, 3]].reshape(-1).tolist())
+    logged = trainer.state.log_history[0]
+    assert logged["gfpo/all_length_mean"] == pytest.approx(float(policy.float().mean()))
+    assert logged["gfpo/kept_length_mean"] == pytest.approx(float(policy[:, [0, 3]].float().mean()))
+
+
 class CounterEnvironment:
     """An environment with a tool, as in TRL's tests."""
 

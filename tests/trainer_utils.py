@@ -340,7 +340,7 @@ EXACT_FEATURES = {
     "moe": {"model": "moe", "router_aux_loss_coef": 0.5},
     "spg>gas": {"steps_per_generation": 4, "per_device_train_batch_size": 3, "num_remains_in_group": 2, "max_steps": 2},
     "iterations": {"num_iterations": 2, "max_steps": 2},
-    "adaptive": {"adaptive_k": [3, 3, 2, 2], "adaptive_warmup_steps": 0},
+    "adaptive": {"adaptive_k": [3, 3, 2, 2], "adaptive_warmup_steps": 1, "max_steps": 2},  # warm-up, then adaptive
 }
 
 
