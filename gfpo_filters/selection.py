@@ -66,6 +66,14 @@ def has_signal(rewards: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return hi > lo
 
 
+def trains(advantages: np.ndarray, tol: float = 1e-8) -> np.ndarray:
+    """Per group: does some advantage differ from 0 (by more than ``tol``, float noise)?
+
+    If not, the group trains on nothing (``gfpo/frac_no_signal``).
+    """
+    return (np.abs(np.asarray(advantages, dtype=np.float64)) > tol).any(axis=1)
+
+
 def signal_swap(
     rank: np.ndarray, kept: np.ndarray, rewards: np.ndarray, prefer: np.ndarray | None = None
 ) -> np.ndarray:
@@ -160,8 +168,8 @@ def balanced_mask(rank: np.ndarray, rewards: np.ndarray, k: Any) -> np.ndarray:
     (:func:`gfpo_filters.filters.max_variance.max_variance_mask`); among completions with the
     same reward, the best-ranked (``rank``, 0 = best) are kept. With 0/1 rewards that is the
     filter's best ``k/2`` correct and best ``k/2`` wrong completions when the group has them.
-    Groups whose known rewards are all equal keep the filter's top ``k``; when fewer than ``k``
-    rewards are known, the rest is filled in the filter's order.
+    Groups whose known rewards are all equal keep the filter's top ``k``. Completions without a
+    reward are never kept (a group that knows fewer than ``k`` rewards keeps those it knows).
     """
     from gfpo_filters.filters.max_variance import max_variance_mask
 
@@ -170,18 +178,13 @@ def balanced_mask(rank: np.ndarray, rewards: np.ndarray, k: Any) -> np.ndarray:
     n, _ = r.shape
     k = k_array(k, n)
     valid = np.isfinite(r)
-    top = rank < k[:, None]
+    top = (rank < k[:, None]) & valid
     mv = max_variance_mask(r, valid, k)
     # How many of each reward value the max-variance set holds, then the best-ranked that many of it.
     same = (r[:, :, None] == r[:, None, :]) & valid[:, :, None] & valid[:, None, :]
     count = (same & mv[:, None, :]).sum(axis=2)
     ahead = (same & (rank[:, None, :] < rank[:, :, None])).sum(axis=2)
     chosen = valid & (ahead < count)
-    # Fill up to k in the filter's order (only when fewer than k rewards are known).
-    missing = k - chosen.sum(axis=1)
-    rest = np.where(chosen, np.iinfo(np.int64).max, rank)
-    fill = ranks(-rest.astype(np.float64)) < missing[:, None]
-    chosen = chosen | (fill & ~chosen)
     return np.where(has_signal(r, valid)[:, None], chosen, top)
 
 

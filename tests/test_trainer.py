@@ -210,6 +210,7 @@ def test_adaptive_buckets_by_hand():
 def test_adaptive_assign_warmup_window_and_missing():
     a = AdaptiveK([8, 8, 6, 4], warmup_k=5, warmup_steps=2, window=4)
     rewards = np.array([[0, 0, 0, 0], [1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1], [np.nan] * 4])
+    rewards = np.repeat(rewards, 2, axis=1)  # G = 8: k_map's 8 must fit in a group
     k, buckets = a.assign(rewards, step=0)
     assert k.tolist() == [5] * 5  # warm-up
     assert buckets.tolist() == [0, 1, 2, 3, -1] and len(a) == 4  # the missing group is not in the window
