@@ -126,7 +126,7 @@ def exact(out_dir: str, cases: str = "") -> None:
         if cases
         else [(loss, feature) for loss in LOSS_TYPES for feature in exact_features()]
     )
-    rank = torch.distributed.get_rank()
+    rank = int(os.environ["RANK"])  # (the process group starts with the first trainer)
     for loss_type, feature in chosen:
         try:
             case = exact_case(out_dir, loss_type, feature, gather=gather, ddp_backend="gloo")

@@ -48,7 +48,15 @@ from trl.trainer.utils import split_pixel_values_by_grid, unsplit_pixel_values_b
 from gfpo_filters.adaptive import AdaptiveK
 from gfpo_filters.base import GroupFilter
 from gfpo_filters.selection import normalize_then_sum
-from gfpo_filters.step import accepted_kwargs, gfpo_step, group_rows, keep_signal_mode, resolve_filter
+from gfpo_filters.step import (
+    accepted_kwargs,
+    filter_state,
+    gfpo_step,
+    group_rows,
+    keep_signal_mode,
+    load_filter_state,
+    resolve_filter,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -485,23 +493,26 @@ class GFPOTrainer(GRPOTrainer):
             if "extra" in logs:
                 logs["extra"]["gfpo_kept"].extend(result.kept.reshape(-1).tolist())
 
-    # ------------------------------------------------------------------ checkpoints (adaptive k state)
+    # ------------------------------------------------------------------ checkpoints (filter and adaptive-k state)
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
-        if getattr(self, "_adaptive", None) is not None and self.args.should_save:
+        # Process 0 decides the rows, so its filter and adaptive-k state is the run's.
+        if getattr(self, "group_filter_func", None) is not None and self.accelerator.is_main_process:
             folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
             with open(os.path.join(folder, STATE_FILE), "w") as f:
-                json.dump({"adaptive": self._adaptive.state_dict()}, f)
+                json.dump(filter_state(self.group_filter_func, self._adaptive), f)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
-        if getattr(self, "_adaptive", None) is not None and checkpoint is not None:
+        if getattr(self, "group_filter_func", None) is None or checkpoint is None:
+            return
+        if self.accelerator.is_main_process:  # the others never run the filter
             path = os.path.join(checkpoint, STATE_FILE)
-            if not os.path.exists(path):
-                logger.warning("checkpoint %s has no %s: the adaptive-k window starts empty", checkpoint, STATE_FILE)
-                return
-            with open(path) as f:
-                self._adaptive.load_state_dict(json.load(f)["adaptive"])
+            state = None
+            if os.path.exists(path):
+                with open(path) as f:
+                    state = json.load(f)
+            load_filter_state(self.group_filter_func, self._adaptive, state)  # warns when state is missing
 
 
 def _init_signature() -> inspect.Signature:
