@@ -341,6 +341,7 @@ EXACT_FEATURES = {
     "spg>gas": {"steps_per_generation": 4, "per_device_train_batch_size": 3, "num_remains_in_group": 2, "max_steps": 2},
     "iterations": {"num_iterations": 2, "max_steps": 2},
     "adaptive": {"adaptive_k": [3, 3, 2, 2], "adaptive_warmup_steps": 1, "max_steps": 2},  # warm-up, then adaptive
+    "kl": {"beta": 0.1},  # reference log-probs travel with their rows
 }
 
 
@@ -513,7 +514,13 @@ def exact_case(out_dir: str, loss_type: str, feature: str, gather: Any = None, *
     model_kind = settings.pop("model", "llama")
 
     def model():
-        return build_moe_model(0) if model_kind == "moe" else build_model(0, hidden=16, layers=1)
+        built = build_moe_model(0) if model_kind == "moe" else build_model(0, hidden=16, layers=1)
+        if not settings.get("beta"):
+            return built
+        # With a KL term TRL loads its reference model by name: give both runs the same saved model.
+        path = Path(out_dir, f"initial-model-{os.environ.get('RANK', '0')}")
+        built.save_pretrained(path)
+        return str(path)
 
     gather = gather or (lambda obj: [obj])
     parts = tiny_parts()

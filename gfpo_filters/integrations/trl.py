@@ -4,29 +4,30 @@ GRPOTrainer generates, scores and computes GRPO advantages for the whole generat
 This adapter then, on the training batch only:
 
 1. takes the gathered rewards from ``_calculate_rewards`` (it wraps that method to see them),
-2. gathers the completions of all processes and cuts them into groups ``[i*G : (i+1)*G]``,
-3. calls the group filter once per batch on all groups, with token ids and lengths,
-4. keeps the top k of each group (ties to the earlier completion; NaN scores and missing
-   rewards last), the same selection on every process (process 0's scores are broadcast),
-5. standardises rewards over the kept set S (population std, paper Eq. 1; with
-   ``multi_objective_aggregation="normalize_then_sum"`` each reward function over S, then their weighted sum), and
-6. drops the rejected rows from the batch and spreads the kept rows evenly over processes,
-   so the backward pass costs about k/G of GRPO's on one process and on many; where padding rows
-   are needed to fill equal micro-batches, row-normalised losses are rescaled so that the step
-   is exactly TRL's loss on the kept rows (``_row_scale``).
+2. gathers the completions of all processes, and their lengths from the loss mask (tool output is not the
+   policy's), and cuts them into groups ``[i*G : (i+1)*G]``,
+3. on process 0 only, runs :func:`gfpo_filters.step.gfpo_step`: the filter once on all groups, the top k of each
+   group, then a few next-ranked completions until the kept rows are a multiple of processes x
+   ``steps_per_generation``, and the advantages over the kept set (population std, paper Eq. 1; with
+   ``multi_objective_aggregation="normalize_then_sum"`` each reward function over it, then their weighted sum),
+4. broadcasts that decision, so every process trains the same rows whatever its own state, and
+5. keeps only the kept rows, an equal contiguous share per process, with no padding row: TRL's ``_prepare_inputs``
+   then cuts each share into the equal micro-batches GRPOTrainer would train with ``per_device_train_batch_size``
+   = kept / (processes x ``steps_per_generation``), so the update is GRPOTrainer's on the kept rows, for every loss
+   type and loss term, by construction (tests/test_trainer_exact.py), at about k/G of GRPO's backward cost.
 
 GRPOTrainer internals this relies on (checked on TRL 1.7.1 and 1.16.0; docs/trainer.md keeps the same list):
 ``__init__``'s signature (every argument is forwarded as given; only ``group_filter_func`` is ours);
 ``_calculate_rewards(inputs, prompts, completions, completion_ids_list)`` returning rewards gathered over
 processes in process order (environment-owned rewards included); ``_generate_and_score_completions(inputs)``
 returning a dict of per-row tensors (``prompt_ids``, ``prompt_mask``, ``completion_ids``, ``completion_mask``,
-``advantages``, optional log-prob tensors, ``tool_mask``, image and token-type fields), per-row lists
-(``num_images``) and ``num_items_in_batch``; ``trl.trainer.utils.split_pixel_values_by_grid`` and
-``unsplit_pixel_values_by_grid``; ``compute_loss`` (scaled, see ``_row_scale``) with TRL's per-loss-type
-normalisers and ``_entropy_bonus_enabled`` / ``aux_loss_enabled``; the attributes ``reward_weights``,
-``num_generations``, ``scale_rewards``, ``multi_objective_aggregation``, ``loss_type``, ``pad_to_multiple_of``,
+``advantages``, optional log-prob tensors, ``importance_sampling_ratio``, ``tool_mask``, image and token-type
+fields, padded as :data:`COMPLETION_FIELDS` says), per-row lists (``num_images``) and ``num_items_in_batch`` (the
+gathered loss-mask sum); ``_prepare_inputs`` shuffling and splitting the batch into ``steps_per_generation`` equal
+chunks; ``trl.trainer.utils.split_pixel_values_by_grid`` and ``unsplit_pixel_values_by_grid``; the attributes
+``reward_weights``, ``num_generations``, ``scale_rewards``, ``multi_objective_aggregation``, ``pad_to_multiple_of``,
 ``_metrics``, ``_logs``, ``_tokenizer`` and ``args.steps_per_generation``; and ``_save_checkpoint`` /
-``_load_optimizer_and_scheduler`` for the adaptive state.
+``_load_optimizer_and_scheduler`` for the filter and adaptive-k state.
 """
 
 from __future__ import annotations
