@@ -33,13 +33,13 @@ import torch
 warnings.filterwarnings("ignore")
 
 
-def row(loss_type: str, feature: str, procs: int, case: dict | None, out: str, micro_batches=None) -> str:
+def row(loss_type: str, feature: str, procs: int, cases: list[dict], out: str) -> str:
     from tests.trainer_utils import max_grad_diff, step_reference
 
-    if case is None:
-        return f"| {loss_type} | {feature} | {procs} | failed | failed | |"
+    case = cases[0]
     exact = "n/a" if case["grpo"] is None else f"{max_grad_diff(case['gfpo']['grads'], case['grpo']['grads']):.2e}"
-    ref = step_reference(out, loss_type, feature, micro_batches or [case["gfpo"]["micro_batches"]])
+    micro, generated = [c["gfpo"]["micro_batches"] for c in cases], [c["generated"] for c in cases]
+    ref = step_reference(out, loss_type, feature, micro, generated)
     step = max_grad_diff(case["gfpo"]["grads"], ref["grads"])
     scale = max(float(g.abs().max()) for g in ref["grads"][0].values())
     return f"| {loss_type} | {feature} | {procs} | {exact} | {step:.2e} | {scale:.2e} |"
@@ -67,14 +67,13 @@ def main() -> None:
         for loss_type, feature in cases:
             try:
                 if args.procs == 1:
-                    print(row(loss_type, feature, 1, exact_case(out, loss_type, feature), out), flush=True)
+                    print(row(loss_type, feature, 1, [exact_case(out, loss_type, feature)], out), flush=True)
                 else:
                     ranks = [torch.load(Path(out, f"{loss_type}-{feature}-rank{r}.pt"), weights_only=False)
                              for r in range(2)]  # fmt: skip
                     if "error" in ranks[0]:
                         raise RuntimeError(ranks[0]["error"])
-                    micro = [r["gfpo"]["micro_batches"] for r in ranks]
-                    print(row(loss_type, feature, 2, ranks[0], out, micro), flush=True)
+                    print(row(loss_type, feature, 2, ranks, out), flush=True)
             except Exception as e:  # noqa: BLE001 - a failing case is a result too
                 error = f"{type(e).__name__}: {str(e)[:120]}"
                 print(f"| {loss_type} | {feature} | {args.procs} | {error} | | |", flush=True)

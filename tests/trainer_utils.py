@@ -369,6 +369,14 @@ def build_moe_model(seed: int = 0):
     return model
 
 
+def varied_prompts(n: int = 24):
+    """The toy prompts cut to 1 to 4 letters, so that prompts are padded on the left (and rows that move between
+    processes are re-padded)."""
+    from datasets import Dataset
+
+    return Dataset.from_dict({"prompt": [p[: 1 + i % 4] for i, p in enumerate(build_dataset(n)["prompt"])]})
+
+
 def add_off_policy_fields(output: dict[str, Any], vocab_size: int) -> None:
     """Old log-probs of another policy and vLLM-style importance ratios, per token and deterministic, so that the
     loss is not 0 and every per-token field has to travel with its row. The ratio is 1 past a row's end, as TRL's
@@ -427,40 +435,28 @@ TRL_COMPLETION_PADDING = {"completion_ids": "pad", "completion_mask": 0, "tool_m
 MODEL_COMPLETION_FIELDS = ("old_per_token_logps", "ref_per_token_logps")
 
 
-def reference_batch(generated: list[dict[str, Any]], kept: np.ndarray, advantages: np.ndarray, rank: int, world: int,
-                    pad_id: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:  # fmt: skip
-    """The batch GRPOTrainer would hold on process ``rank`` had it generated exactly the kept rows, written from TRL's
-    layout rules (not from the adapter): process r's contiguous share of the kept rows in global order, prompts padded
-    on the left (pad id, mask 0), completions on the right to the longest kept row (TRL_COMPLETION_PADDING), the
-    decided advantages, and ``num_items_in_batch`` = the loss tokens of all kept rows.
+def trl_layout(rows: list[dict[str, torch.Tensor]], like: dict[str, Any], pad_id: int):
+    """Rows (each field one row's tensor, as its own process's batch held it) stacked as TRL stacks a batch: prompts
+    padded on the left to the longest prompt (pad id, mask 0), completions on the right to the longest completion
+    (TRL_COMPLETION_PADDING). ``like``: a batch whose other fields are copied.
 
-    Also returns, per model-output field, the columns that TRL's layout leaves to a model (past the row's end): any
-    finite value there gives the same loss. The batch holds 0 there."""
-    n_local = generated[0]["completion_ids"].shape[0]
-    rows = np.flatnonzero(kept.reshape(-1))
-    share = len(rows) // world
-    assert share * world == len(rows)
-    mine = rows[rank * share : (rank + 1) * share]
-
-    def mask_of(b):
-        return b["completion_mask"] * b["tool_mask"] if "tool_mask" in b else b["completion_mask"]
-
-    tokens = sum(int(mask_of(generated[j // n_local])[j % n_local].sum()) for j in rows)
-    lengths = [int(generated[j // n_local]["completion_mask"][j % n_local].sum()) for j in mine]
-    width = max(lengths)
-    prompt_width = max(int(generated[j // n_local]["prompt_mask"][j % n_local].sum()) for j in mine)
+    Also returns, per model-output field, the columns that TRL's layout leaves to a model (past the row's end in its
+    source batch): any finite value there gives the same loss. The batch holds 0 there."""
+    width = max(int(r["completion_mask"].sum()) for r in rows)
+    prompt_width = max(int(r["prompt_mask"].sum()) for r in rows)
     batch, free = {}, {}
-    for key, value in generated[rank].items():
+    for key, value in like.items():
         if not torch.is_tensor(value) or value.ndim == 0 or key == "advantages":
             batch[key] = value
             continue
         out = []
-        for j in mine:
-            row = generated[j // n_local][key][j % n_local]
+        for r in rows:
+            row = r[key]
             if key.startswith("prompt_"):
+                fill = pad_id if key == "prompt_ids" else 0
                 row = row[row.shape[0] - prompt_width :] if row.shape[0] >= prompt_width else torch.nn.functional.pad(
-                    row, (prompt_width - row.shape[0], 0), value=pad_id if key == "prompt_ids" else 0)  # fmt: skip
-            elif row.ndim == 1 and key not in ("num_items_in_batch",):
+                    row, (prompt_width - row.shape[0], 0), value=fill)  # fmt: skip
+            elif row.ndim == 1:
                 fill = TRL_COMPLETION_PADDING.get(key, 0.0)
                 fill = pad_id if fill == "pad" else fill
                 row = row[:width] if row.shape[0] >= width else torch.nn.functional.pad(
@@ -468,10 +464,37 @@ def reference_batch(generated: list[dict[str, Any]], kept: np.ndarray, advantage
             out.append(row)
         batch[key] = torch.stack(out)
         if key in MODEL_COMPLETION_FIELDS:
-            src = [generated[j // n_local]["completion_ids"].shape[1] for j in mine]
-            free[key] = torch.arange(width)[None, :] >= torch.tensor(src)[:, None]
+            src = torch.tensor([r["completion_ids"].shape[0] for r in rows])
+            free[key] = torch.arange(width)[None, :] >= src[:, None]
             batch[key] = batch[key].masked_fill(free[key], 0.0)
+    return batch, free
+
+
+def _loss_tokens(row: dict[str, torch.Tensor]) -> int:
+    mask = row["completion_mask"] * row["tool_mask"] if "tool_mask" in row else row["completion_mask"]
+    return int(mask.sum())
+
+
+def _rows(batch: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
+    n = batch["completion_ids"].shape[0]
+    keys = [k for k, v in batch.items() if torch.is_tensor(v) and v.ndim >= 1 and v.shape[0] == n]
+    return [{k: batch[k][i] for k in keys} for i in range(n)]
+
+
+def reference_batch(generated: list[dict[str, Any]], kept: np.ndarray, advantages: np.ndarray, rank: int, world: int,
+                    pad_id: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:  # fmt: skip
+    """The batch GRPOTrainer would hold on process ``rank`` had it generated exactly the kept rows, written from TRL's
+    layout rules (not from the adapter): process r's contiguous share of the kept rows in global order (``generated``:
+    every process's batch before the filter) laid out by :func:`trl_layout`, the decided advantages, and
+    ``num_items_in_batch`` = the loss tokens of all kept rows."""
+    rows = [row for batch in generated for row in _rows(batch)]
+    chosen = np.flatnonzero(kept.reshape(-1))
+    share = len(chosen) // world
+    assert share * world == len(chosen)
+    mine = chosen[rank * share : (rank + 1) * share]
+    batch, free = trl_layout([rows[j] for j in mine], generated[rank], pad_id)
     batch["advantages"] = torch.as_tensor(advantages.reshape(-1)[mine], dtype=generated[rank]["advantages"].dtype)
+    tokens = sum(_loss_tokens(rows[j]) for j in chosen)
     batch["num_items_in_batch"] = torch.full_like(generated[rank]["num_items_in_batch"], tokens)
     return batch, free
 
@@ -524,6 +547,7 @@ def exact_case(out_dir: str, loss_type: str, feature: str, gather: Any = None, *
 
     gather = gather or (lambda obj: [obj])
     parts = tiny_parts()
+    parts["train_dataset"] = varied_prompts()
     trainer = exact_trainer_class()(
         model=model(), reward_funcs=[Recorder()], args=tiny_args(out_dir, **settings),
         train_dataset=parts["train_dataset"], processing_class=parts["processing_class"], group_filter_func="length",
@@ -532,7 +556,8 @@ def exact_case(out_dir: str, loss_type: str, feature: str, gather: Any = None, *
     gfpo = _train_recorded(trainer)
     rank, world = trainer.accelerator.process_index, trainer.accelerator.num_processes
     pad_id = trainer.processing_class.pad_token_id
-    result = {"gfpo": gfpo, "grpo": None, "trained": trainer.exact["trained"], "decisions": trainer.exact["decisions"]}
+    result = {"gfpo": gfpo, "grpo": None, "trained": trainer.exact["trained"], "decisions": trainer.exact["decisions"],
+              "generated": trainer.exact["generated"]}  # fmt: skip
     result["references"], result["free"] = references, free = [], []
     spg = settings["steps_per_generation"]
     if any(kept.sum() % (world * spg) for kept, _ in trainer.exact["decisions"]):
@@ -551,12 +576,15 @@ def exact_case(out_dir: str, loss_type: str, feature: str, gather: Any = None, *
     return result
 
 
-def step_reference(out_dir: str, loss_type: str, feature: str, micro_batches: list[list[dict[str, Any]]]):
+def step_reference(out_dir: str, loss_type: str, feature: str, micro_batches: list[list[dict[str, Any]]],
+                   generated: list[list[dict[str, Any]]], pad_id: int = 0):  # fmt: skip
     """A reference for runs whose micro-batches hold padding rows (the adapter before issue 16), which GRPOTrainer
     cannot reproduce: per optimizer step, TRL's GRPOTrainer on one process trains ONE micro-batch of all the real
-    rows that step trained on every process (``micro_batches[r]``: process r's, in order). For every loss but bnpo,
-    the entropy bonus and the router loss (means per micro-batch) this is the step on the kept rows whatever the
-    split. Token-sum losses keep the run's token count, rescaled as TRL rescales it to one accumulation window.
+    rows that step trained on every process (``micro_batches[r]``: process r's, in order), each taken from the batch
+    TRL generated (``generated[r]``: process r's batches before the filter) and laid out by TRL's rules. For every
+    loss but bnpo, the entropy bonus and the router loss (means per micro-batch) this is the step on the kept rows
+    whatever the split. Token-sum losses keep the run's token count, rescaled as TRL rescales it to one
+    accumulation window.
     """
     import inspect
 
@@ -567,12 +595,22 @@ def step_reference(out_dir: str, loss_type: str, feature: str, micro_batches: li
     gas, spg = settings["gradient_accumulation_steps"], settings["steps_per_generation"]
     rescaled = "steps_per_generation" in inspect.getsource(GRPOTrainer._compute_loss)
     n_steps = len(micro_batches[0]) // gas
+
+    def key(row):  # a row by its tokens: prompt and completion, without padding
+        p, c = row["prompt_ids"][row["prompt_mask"].bool()], row["completion_ids"][row["completion_mask"].bool()]
+        return tuple(p.tolist()), tuple(c.tolist())
+
+    # Every row TRL generated, as its process's batch held it: the trained rows are looked up here, so that the
+    # reference holds TRL's values, not the adapter's.
+    source = {key(row): row for rank in generated for batch in rank for row in _rows(batch)}
     replay = []
     for s in range(n_steps):
-        rows = [real_rows(b) for rank in micro_batches for b in rank[s * gas : (s + 1) * gas]]
-        batch = concat_rows(rows)
-        tokens = rows[0]["num_items_in_batch"].double() * (gas / spg if rescaled else 1.0)
-        batch["num_items_in_batch"] = tokens.to(rows[0]["num_items_in_batch"].dtype)
+        trained = [row for rank in micro_batches for b in rank[s * gas : (s + 1) * gas] for row in _rows(real_rows(b))]
+        like = micro_batches[0][0]
+        batch, _ = trl_layout([source[key(row)] for row in trained], generated[0][0], pad_id)
+        batch["advantages"] = torch.stack([row["advantages"] for row in trained]).to(like["advantages"].dtype)
+        tokens = like["num_items_in_batch"].double() * (gas / spg if rescaled else 1.0)
+        batch["num_items_in_batch"] = tokens.to(like["num_items_in_batch"].dtype)
         replay.append((batch, torch.get_rng_state()))
     settings = {k: v for k, v in settings.items() if not k.startswith("adaptive")}
     settings.update(steps_per_generation=1, gradient_accumulation_steps=1, num_iterations=1, max_steps=n_steps,

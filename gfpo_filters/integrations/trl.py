@@ -428,7 +428,7 @@ class GFPOTrainer(GRPOTrainer):
             }
         mine = kept_rows[rank * share : (rank + 1) * share]
 
-        fields = self._trim_completion_width(fields)
+        fields = self._trim_width(fields)
         for key in stacked:
             fields[key] = torch.stack(lists.pop(key)).to(output[key][0].device)
         batch = {key: value for key, value in output.items() if key not in tensors and key not in objects}
@@ -465,20 +465,28 @@ class GFPOTrainer(GRPOTrainer):
             gathered[key] = torch.cat([everything[r * most : r * most + counts[r]] for r in range(acc.num_processes)])
         return gathered
 
-    def _trim_completion_width(self, fields):
-        """Drop completion columns that no kept row uses (kept rows are often the short ones)."""
-        if "completion_mask" not in fields or fields["completion_mask"].numel() == 0:
-            return fields
-        used = fields["completion_mask"].any(dim=0).nonzero()
-        width = int(used.max()) + 1 if used.numel() else 1
+    def _trim_width(self, fields):
+        """Drop the prompt columns (on the left) and completion columns (on the right) that no kept row uses: the
+        width TRL's own batch of these rows would have (to ``pad_to_multiple_of``). Kept rows are often the short
+        ones, and rows that moved between processes were padded to the widest process's batch."""
         multiple = getattr(self, "pad_to_multiple_of", None)
-        if multiple:
-            width = math.ceil(width / multiple) * multiple
-        full = fields["completion_mask"].shape[1]
-        if width >= full:
-            return fields
-        trim = {key for key, v in fields.items() if _side(key) == "completion" and v.ndim >= 2 and v.shape[1] == full}
-        return {key: value[:, :width] if key in trim else value for key, value in fields.items()}
+        for side, mask_key in (("prompt", "prompt_mask"), ("completion", "completion_mask")):
+            mask = fields.get(mask_key)
+            if mask is None or mask.numel() == 0:
+                continue
+            used = mask.any(dim=0).nonzero()
+            full = mask.shape[1]
+            width = (full - int(used.min()) if side == "prompt" else int(used.max()) + 1) if used.numel() else 1
+            if multiple:
+                width = math.ceil(width / multiple) * multiple
+            if width >= full:
+                continue
+            cut = slice(full - width, None) if side == "prompt" else slice(None, width)
+            fields = {
+                key: value[:, cut] if _side(key) == side and value.ndim >= 2 and value.shape[1] == full else value
+                for key, value in fields.items()
+            }
+        return fields
 
     # ------------------------------------------------------------------ logging
     def _log_selection(self, result, n_total):
