@@ -20,6 +20,7 @@ pytest.importorskip("trl")
 from tests.trainer_utils import (  # noqa: E402
     EXACT_FEATURES,
     LOSS_TYPES,
+    TWO_PROCESS_CASES,
     exact_case,
     exact_features,
     run_two_processes,
@@ -89,22 +90,22 @@ def test_no_padding_row_and_rounding_is_logged(tmp_path):
 
 @pytest.mark.distributed
 def test_step_is_grpo_on_the_kept_rows_on_two_processes(tmp_path):
-    """Every loss type x feature on two processes (gloo), in one torchrun launch: 9 kept rows per process become
-    12 over both (3 per micro-batch and process), rows move between processes, DDP averages."""
-    run_two_processes(tmp_path, "exact")
+    """TWO_PROCESS_CASES on two processes (gloo), in one torchrun launch: 9 kept rows per process become 20 over both
+    (5 per micro-batch and process), rows move between processes and are re-padded, DDP averages."""
+    cases = [(loss, feature) for loss, feature in TWO_PROCESS_CASES if feature in FEATURES]
+    run_two_processes(tmp_path, "exact", ",".join(f"{a}:{b}" for a, b in cases), timeout=2400)
     failures = []
-    for loss_type in LOSS_TYPES:
-        for feature in FEATURES:
-            ranks = [torch.load(tmp_path / f"{loss_type}-{feature}-rank{r}.pt", weights_only=False) for r in range(2)]
-            try:
-                for case in ranks:
-                    assert_same_training(case, processes=2)
-                    assert_fields_as_trl_lays_them_out(case)
-                # Both processes trained from one decision.
-                for (k0, a0), (k1, a1) in zip(ranks[0]["decisions"], ranks[1]["decisions"]):
-                    assert np.array_equal(k0, k1) and np.array_equal(a0, a1)
-            except AssertionError as e:
-                failures.append(f"{loss_type} x {feature}: {str(e)[:300]}")
+    for loss_type, feature in cases:
+        ranks = [torch.load(tmp_path / f"{loss_type}-{feature}-rank{r}.pt", weights_only=False) for r in range(2)]
+        try:
+            for case in ranks:
+                assert_same_training(case, processes=2)
+                assert_fields_as_trl_lays_them_out(case)
+            # Both processes trained from one decision.
+            for (k0, a0), (k1, a1) in zip(ranks[0]["decisions"], ranks[1]["decisions"]):
+                assert np.array_equal(k0, k1) and np.array_equal(a0, a1)
+        except AssertionError as e:
+            failures.append(f"{loss_type} x {feature}: {str(e)[:300]}")
     assert not failures, "\n".join(failures)
 
 

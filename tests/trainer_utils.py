@@ -302,7 +302,7 @@ def image_dataset(n: int = 16):
     )
 
 
-def run_two_processes(tmp_path: Path, *worker_args: str) -> None:
+def run_two_processes(tmp_path: Path, *worker_args: str, timeout: int = 600) -> None:
     """Run ``tests/distributed_worker.py`` on two processes (torchrun, gloo, one thread each) and fail with its output.
 
     The rendezvous port is a free one, so that two test sessions on one machine do not collide.
@@ -314,7 +314,7 @@ def run_two_processes(tmp_path: Path, *worker_args: str) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
     proc = subprocess.run(
-        [*cmd, str(worker), str(tmp_path), *worker_args], env=env, capture_output=True, text=True, timeout=600
+        [*cmd, str(worker), str(tmp_path), *worker_args], env=env, capture_output=True, text=True, timeout=timeout
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
@@ -343,6 +343,16 @@ EXACT_FEATURES = {
     "adaptive": {"adaptive_k": [3, 3, 2, 2], "adaptive_warmup_steps": 1, "max_steps": 2},  # warm-up, then adaptive
     "kl": {"beta": 0.1},  # reference log-probs travel with their rows
 }
+
+
+#: The two-process cases (each costs a DDP run and its reference, about a minute on a loaded 2-core machine): every
+#: loss type on the base case (rows move between processes, DDP averages, token counts are per process), and every
+#: feature with vespo (the loss that reads importance ratios past a row's end), a row-mean, a per-micro-batch and a
+#: token-sum loss.
+TWO_PROCESS_CASES = [(loss, "base") for loss in LOSS_TYPES] + [
+    ("vespo", "entropy"), ("vespo", "moe"), ("vespo", "spg>gas"), ("vespo", "iterations"), ("vespo", "adaptive"),
+    ("vespo", "kl"), ("grpo", "entropy"), ("bnpo", "moe"), ("dapo", "spg>gas"),
+]  # fmt: skip
 
 
 def exact_features() -> dict[str, dict[str, Any]]:
@@ -540,9 +550,11 @@ def exact_case(out_dir: str, loss_type: str, feature: str, gather: Any = None, *
         built = build_moe_model(0) if model_kind == "moe" else build_model(0, hidden=16, layers=1)
         if not settings.get("beta"):
             return built
-        # With a KL term TRL loads its reference model by name: give both runs the same saved model.
-        path = Path(out_dir, f"initial-model-{os.environ.get('RANK', '0')}")
+        # With a KL term TRL loads its reference model by name: give both runs the same saved model (on two
+        # processes transformers writes it from process 0; the gather waits for it).
+        path = Path(out_dir, "initial-model")
         built.save_pretrained(path)
+        gather(None)
         return str(path)
 
     gather = gather or (lambda obj: [obj])
