@@ -328,6 +328,7 @@ EXACT_BASE = dict(
     gradient_accumulation_steps=2,
     num_generations=4,
     num_remains_in_group=3,
+    max_completion_length=64,  # completions end at different lengths: batches of different widths
     max_grad_norm=0.0,
     optim="sgd",
     learning_rate=0.5,
@@ -618,7 +619,7 @@ def step_reference(out_dir: str, loss_type: str, feature: str, micro_batches: li
     replay = []
     for s in range(n_steps):
         trained = [row for rank in micro_batches for b in rank[s * gas : (s + 1) * gas] for row in _rows(real_rows(b))]
-        like = micro_batches[0][0]
+        like = micro_batches[0][s * gas]  # this step's generation batch
         batch, _ = trl_layout([source[key(row)] for row in trained], generated[0][0], pad_id)
         batch["advantages"] = torch.stack([row["advantages"] for row in trained]).to(like["advantages"].dtype)
         tokens = like["num_items_in_batch"].double() * (gas / spg if rescaled else 1.0)
@@ -628,8 +629,12 @@ def step_reference(out_dir: str, loss_type: str, feature: str, micro_batches: li
     settings.update(steps_per_generation=1, gradient_accumulation_steps=1, num_iterations=1, max_steps=n_steps,
                     per_device_train_batch_size=4)  # fmt: skip
     parts = tiny_parts()
+    model = build_moe_model(0) if model_kind == "moe" else build_model(0, hidden=16, layers=1)
+    if settings.get("beta"):  # TRL loads its reference model by name
+        model.save_pretrained(Path(out_dir, "step-reference-model"))
+        model = str(Path(out_dir, "step-reference-model"))
     trainer = replay_trainer_class()(
-        model=build_moe_model(0) if model_kind == "moe" else build_model(0, hidden=16, layers=1),
+        model=model,
         reward_funcs=[Recorder()], args=tiny_args(out_dir, **settings), train_dataset=parts["train_dataset"],
         processing_class=parts["processing_class"],
     )  # fmt: skip
