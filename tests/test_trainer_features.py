@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -671,7 +672,8 @@ def test_qwen_vl_layout_images_and_token_types_follow_their_rows(tmp_path):
         "mm_token_type_ids": torch.cat([torch.ones(n, prompt_width, dtype=torch.long), completion_mask * 0], dim=1),
     }
     kept = np.array([True, False, True, True])  # rows 0, 2, 3: row 1 (two images, the longest) is dropped
-    batch = trainer._select_rows(output, kept, np.array([0.5, 0.0, -0.25, -0.25]), n)
+    decision = SimpleNamespace(kept=kept, advantages=np.array([0.5, 0.0, -0.25, -0.25]))
+    batch = trainer._select_rows(output, decision, np.array(lengths), n)
     assert batch["num_images"] == [1, 1, 1]
     assert batch["image_grid_thw"].tolist() == [[1, 2, 2], [1, 4, 2], [1, 2, 2]]
     assert batch["pixel_values"][:, 0].tolist() == [0.0] * 4 + [23.0] * 8 + [34.0] * 4  # rows 0, 2, 3's patches
@@ -682,4 +684,4 @@ def test_qwen_vl_layout_images_and_token_types_follow_their_rows(tmp_path):
 
     output["rope_deltas"] = torch.zeros(n + 1)  # a field of unknown layout that is not one entry per row
     with pytest.raises(NotImplementedError, match=r"batch field 'rope_deltas' belongs to: it has 5 entries for 4"):
-        trainer._select_rows(output, kept, np.zeros(n), n)
+        trainer._select_rows(output, decision, np.array(lengths), n)

@@ -622,8 +622,8 @@ def step_reference(out_dir: str, loss_type: str, feature: str, micro_batches: li
         like = micro_batches[0][s * gas]  # this step's generation batch
         batch, _ = trl_layout([source[key(row)] for row in trained], generated[0][0], pad_id)
         batch["advantages"] = torch.stack([row["advantages"] for row in trained]).to(like["advantages"].dtype)
-        tokens = like["num_items_in_batch"].double() * (gas / spg if rescaled else 1.0)
-        batch["num_items_in_batch"] = tokens.to(like["num_items_in_batch"].dtype)
+        # (a float: TRL's own rescaling by gas / spg happens in float, and 109 tokens x 2 / 4 is 54.5, not 54)
+        batch["num_items_in_batch"] = like["num_items_in_batch"].double() * (gas / spg if rescaled else 1.0)
         replay.append((batch, torch.get_rng_state()))
     settings = {k: v for k, v in settings.items() if not k.startswith("adaptive")}
     settings.update(steps_per_generation=1, gradient_accumulation_steps=1, num_iterations=1, max_steps=n_steps,
