@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
 
-from gfpo_filters import load_filter
+from gfpo_filters import GFPOStepWarning, load_filter
 from gfpo_filters.selection import balanced_mask, gfpo_advantages, ranks, signal_swap
 from gfpo_filters.step import KEEP_SIGNAL, gfpo_step, keep_signal_mode
 
@@ -74,20 +75,24 @@ def test_missing_rewards_are_never_swapped_in_and_k_stays(mode):
     rewards = [[1, 1, 1, NAN, NAN, 1]]
     result = step(rewards, [[1, 2, 3, 4, 5, 6]], 2, mode, "length")
     assert kept_rows(result) == [[0, 1]] and result.metrics["gfpo/keep_signal_swaps"] == 0
-    # Fewer known rewards than k: every known one is kept, the rest filled in the filter's order.
+    # Fewer known rewards than k: every known one is kept and nothing else (a missing reward trains on nothing).
     rewards = [[NAN, 1, NAN, NAN, 0, NAN]]
-    result = step(rewards, [[1, 2, 3, 4, 5, 6]], 3, mode, "length")
-    assert kept_rows(result) == [[0, 1, 4]]
+    with pytest.warns(GFPOStepWarning, match="fewer known rewards than k"):
+        result = step(rewards, [[1, 2, 3, 4, 5, 6]], 3, mode, "length")
+    assert kept_rows(result) == [[1, 4]]
 
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("k", [2, 3, 5])
-def test_kept_count_stays_k_on_random_batches(mode, k):
+def test_kept_count_is_k_or_every_known_reward_on_random_batches(mode, k):
     rng = np.random.default_rng(k)
     rewards = rng.integers(0, 2, (50, 6)).astype(float)
     rewards[rng.random(rewards.shape) < 0.1] = NAN
-    result = step(rewards, rng.integers(1, 100, (50, 6)), k, mode)
-    assert (result.kept.sum(axis=1) == k).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GFPOStepWarning)  # groups with fewer known rewards than k
+        result = step(rewards, rng.integers(1, 100, (50, 6)), k, mode)
+    assert (result.kept.sum(axis=1) == np.minimum(k, np.isfinite(rewards).sum(axis=1))).all()
+    assert not (result.kept & np.isnan(rewards)).any()
     # Every group whose known rewards differ keeps a signal (some advantage is not 0).
     group_signal = np.nanmax(rewards, axis=1) > np.nanmin(rewards, axis=1)
     no_signal = ~(result.advantages != 0).any(axis=1)
