@@ -1,8 +1,10 @@
 """Worker for the two-process vLLM test: ``torchrun --nproc_per_node 2 tests/vllm/worker.py OUT_DIR MODEL_DIR MODE
 LOSS_TYPE``.
 
-Each process runs its own vLLM engine (TRL's colocate mode) and trains one GFPO step on 6 rows (G = 4, k = 3): the
-middle group spans both processes, so kept rows move between them. Each process saves to OUT_DIR/rank{N}.pt the
+Each process runs its own vLLM engine (TRL's colocate mode) and trains one GFPO step on 6 rows of 3 groups (G = 4,
+k = 2, the ``length`` filter). The middle group spans both processes, and process 1's sampler favours ``<eos>``, so
+that group keeps the two short rows of process 1: process 1 holds 4 of the 6 kept rows and one moves to process 0,
+whose completions are wider. Each process saves to OUT_DIR/rank{N}.pt the
 batch TRL built before the filter, the micro-batches the loss saw, and the gradient the optimizer saw.
 """
 
@@ -37,6 +39,7 @@ def main(out_dir: str, model_dir: str, mode: str, loss_type: str) -> None:
         model_dir,
         out_dir,
         per_device_train_batch_size=6,
+        num_remains_in_group=2,
         loss_type=loss_type,
         vllm_importance_sampling_mode=mode,
         max_grad_norm=0.0,
