@@ -20,6 +20,7 @@ pytest.importorskip("trl")
 from tests.trainer_utils import (  # noqa: E402
     EXACT_FEATURES,
     LOSS_TYPES,
+    TWO_PROCESS_CASES,
     exact_case,
     exact_features,
     run_two_processes,
@@ -89,22 +90,22 @@ def test_no_padding_row_and_rounding_is_logged(tmp_path):
 
 @pytest.mark.distributed
 def test_step_is_grpo_on_the_kept_rows_on_two_processes(tmp_path):
-    """Every loss type x feature on two processes (gloo), in one torchrun launch: 9 kept rows per process become
-    12 over both (3 per micro-batch and process), rows move between processes, DDP averages."""
-    run_two_processes(tmp_path, "exact")
+    """TWO_PROCESS_CASES on two processes (gloo), in one torchrun launch: 9 kept rows per process become 20 over both
+    (5 per micro-batch and process), rows move between processes and are re-padded, DDP averages."""
+    cases = [(loss, feature) for loss, feature in TWO_PROCESS_CASES if feature in FEATURES]
+    run_two_processes(tmp_path, "exact", ",".join(f"{a}:{b}" for a, b in cases), timeout=2400)
     failures = []
-    for loss_type in LOSS_TYPES:
-        for feature in FEATURES:
-            ranks = [torch.load(tmp_path / f"{loss_type}-{feature}-rank{r}.pt", weights_only=False) for r in range(2)]
-            try:
-                for case in ranks:
-                    assert_same_training(case, processes=2)
-                    assert_fields_as_trl_lays_them_out(case)
-                # Both processes trained from one decision.
-                for (k0, a0), (k1, a1) in zip(ranks[0]["decisions"], ranks[1]["decisions"]):
-                    assert np.array_equal(k0, k1) and np.array_equal(a0, a1)
-            except AssertionError as e:
-                failures.append(f"{loss_type} x {feature}: {str(e)[:300]}")
+    for loss_type, feature in cases:
+        ranks = [torch.load(tmp_path / f"{loss_type}-{feature}-rank{r}.pt", weights_only=False) for r in range(2)]
+        try:
+            for case in ranks:
+                assert_same_training(case, processes=2)
+                assert_fields_as_trl_lays_them_out(case)
+            # Both processes trained from one decision.
+            for (k0, a0), (k1, a1) in zip(ranks[0]["decisions"], ranks[1]["decisions"]):
+                assert np.array_equal(k0, k1) and np.array_equal(a0, a1)
+        except AssertionError as e:
+            failures.append(f"{loss_type} x {feature}: {str(e)[:300]}")
     assert not failures, "\n".join(failures)
 
 
@@ -115,3 +116,32 @@ def test_the_matrix_skips_nothing_on_trl_116():
     if Version(trl.__version__) < Version("1.16"):
         pytest.skip(f"TRL {trl.__version__} lacks some features: {sorted(set(EXACT_FEATURES) - set(FEATURES))}")
     assert FEATURES == list(EXACT_FEATURES)
+
+
+def test_a_widened_row_keeps_its_vespo_weight():
+    """Finding 1 of issue 16, with TRL's own function: VESPO's weight sums log(importance ratio) over every column,
+    unmasked, so the columns a moved row gains must hold TRL's value there, exp(0) = 1. The adapter before issue 16
+    padded 0, which took the row's weight from about 1 to about 2e-15."""
+    from trl import GRPOTrainer
+
+    from gfpo_filters.integrations.trl import COMPLETION_FIELDS
+
+    if not hasattr(GRPOTrainer, "get_gamma_weights"):
+        pytest.skip("this TRL has no VESPO")
+    advantages, log_ratio = torch.tensor([[0.7]]), torch.tensor([[0.05, -0.02, 0.01]])
+    ratio, mask = torch.tensor([[1.1, 0.9, 1.05]]), torch.ones(1, 3)
+    phi = GRPOTrainer.get_gamma_weights(advantages, log_ratio, mask, ratio)
+    pad = COMPLETION_FIELDS["importance_sampling_ratio"]
+    widened = GRPOTrainer.get_gamma_weights(
+        advantages,
+        torch.nn.functional.pad(log_ratio, (0, 2)),
+        torch.nn.functional.pad(mask, (0, 2)),
+        torch.nn.functional.pad(ratio, (0, 2), value=pad),
+    )
+    assert 0.5 < float(phi) <= 1.0  # near 1: the ratios are near 1
+    torch.testing.assert_close(widened, phi)
+    zero = GRPOTrainer.get_gamma_weights(
+        advantages, torch.nn.functional.pad(log_ratio, (0, 2)), torch.nn.functional.pad(mask, (0, 2)),
+        torch.nn.functional.pad(ratio, (0, 2), value=0.0),
+    )  # fmt: skip
+    assert float(zero) < 1e-10  # what padding with 0 did

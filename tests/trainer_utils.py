@@ -302,7 +302,7 @@ def image_dataset(n: int = 16):
     )
 
 
-def run_two_processes(tmp_path: Path, *worker_args: str, worker: Path | None = None) -> None:
+def run_two_processes(tmp_path: Path, *worker_args: str, worker: Path | None = None, timeout: int = 600) -> None:
     """Run ``worker`` (default ``tests/distributed_worker.py``) on two processes (torchrun, gloo, one thread each) and
     fail with its output.
 
@@ -315,7 +315,7 @@ def run_two_processes(tmp_path: Path, *worker_args: str, worker: Path | None = N
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
     proc = subprocess.run(
-        [*cmd, str(worker), str(tmp_path), *worker_args], env=env, capture_output=True, text=True, timeout=600
+        [*cmd, str(worker), str(tmp_path), *worker_args], env=env, capture_output=True, text=True, timeout=timeout
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
@@ -329,6 +329,7 @@ EXACT_BASE = dict(
     gradient_accumulation_steps=2,
     num_generations=4,
     num_remains_in_group=3,
+    max_completion_length=64,  # completions end at different lengths: batches of different widths
     max_grad_norm=0.0,
     optim="sgd",
     learning_rate=0.5,
@@ -344,6 +345,16 @@ EXACT_FEATURES = {
     "adaptive": {"adaptive_k": [3, 3, 2, 2], "adaptive_warmup_steps": 1, "max_steps": 2},  # warm-up, then adaptive
     "kl": {"beta": 0.1},  # reference log-probs travel with their rows
 }
+
+
+#: The two-process cases (each costs a DDP run and its reference, about a minute on a loaded 2-core machine): every
+#: loss type on the base case (rows move between processes, DDP averages, token counts are per process), and every
+#: feature with vespo (the loss that reads importance ratios past a row's end), a row-mean, a per-micro-batch and a
+#: token-sum loss.
+TWO_PROCESS_CASES = [(loss, "base") for loss in LOSS_TYPES] + [
+    ("vespo", "entropy"), ("vespo", "moe"), ("vespo", "spg>gas"), ("vespo", "iterations"), ("vespo", "adaptive"),
+    ("vespo", "kl"), ("grpo", "entropy"), ("bnpo", "moe"), ("dapo", "spg>gas"),
+]  # fmt: skip
 
 
 def exact_features() -> dict[str, dict[str, Any]]:
@@ -541,9 +552,11 @@ def exact_case(out_dir: str, loss_type: str, feature: str, gather: Any = None, *
         built = build_moe_model(0) if model_kind == "moe" else build_model(0, hidden=16, layers=1)
         if not settings.get("beta"):
             return built
-        # With a KL term TRL loads its reference model by name: give both runs the same saved model.
-        path = Path(out_dir, f"initial-model-{os.environ.get('RANK', '0')}")
+        # With a KL term TRL loads its reference model by name: give both runs the same saved model (on two
+        # processes transformers writes it from process 0; the gather waits for it).
+        path = Path(out_dir, "initial-model")
         built.save_pretrained(path)
+        gather(None)
         return str(path)
 
     gather = gather or (lambda obj: [obj])
@@ -607,7 +620,7 @@ def step_reference(out_dir: str, loss_type: str, feature: str, micro_batches: li
     replay = []
     for s in range(n_steps):
         trained = [row for rank in micro_batches for b in rank[s * gas : (s + 1) * gas] for row in _rows(real_rows(b))]
-        like = micro_batches[0][0]
+        like = micro_batches[0][s * gas]  # this step's generation batch
         batch, _ = trl_layout([source[key(row)] for row in trained], generated[0][0], pad_id)
         batch["advantages"] = torch.stack([row["advantages"] for row in trained]).to(like["advantages"].dtype)
         tokens = like["num_items_in_batch"].double() * (gas / spg if rescaled else 1.0)
@@ -617,8 +630,12 @@ def step_reference(out_dir: str, loss_type: str, feature: str, micro_batches: li
     settings.update(steps_per_generation=1, gradient_accumulation_steps=1, num_iterations=1, max_steps=n_steps,
                     per_device_train_batch_size=4)  # fmt: skip
     parts = tiny_parts()
+    model = build_moe_model(0) if model_kind == "moe" else build_model(0, hidden=16, layers=1)
+    if settings.get("beta"):  # TRL loads its reference model by name
+        model.save_pretrained(Path(out_dir, "step-reference-model"))
+        model = str(Path(out_dir, "step-reference-model"))
     trainer = replay_trainer_class()(
-        model=build_moe_model(0) if model_kind == "moe" else build_model(0, hidden=16, layers=1),
+        model=model,
         reward_funcs=[Recorder()], args=tiny_args(out_dir, **settings), train_dataset=parts["train_dataset"],
         processing_class=parts["processing_class"],
     )  # fmt: skip
