@@ -302,15 +302,16 @@ def image_dataset(n: int = 16):
     )
 
 
-def run_two_processes(tmp_path: Path, *worker_args: str, timeout: int = 600) -> None:
-    """Run ``tests/distributed_worker.py`` on two processes (torchrun, gloo, one thread each) and fail with its output.
+def run_two_processes(tmp_path: Path, *worker_args: str, worker: Path | None = None, timeout: int = 600) -> None:
+    """Run ``worker`` (default ``tests/distributed_worker.py``) on two processes (torchrun, gloo, one thread each) and
+    fail with its output.
 
     The rendezvous port is a free one, so that two test sessions on one machine do not collide.
     """
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    worker = Path(__file__).with_name("distributed_worker.py")
+    worker = worker or Path(__file__).with_name("distributed_worker.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
     proc = subprocess.run(
