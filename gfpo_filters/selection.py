@@ -214,3 +214,41 @@ def normalize_then_sum(per_func: np.ndarray, kept: np.ndarray, weights: np.ndarr
             return np.zeros(kept.shape)
         advantages = (summed - values.mean()) / (values.std() + eps)
     return np.where(scored, advantages, 0.0)
+
+
+def matched_mask(rank: np.ndarray, rewards: np.ndarray, lengths: np.ndarray, k: Any, ref: str = "all") -> np.ndarray:
+    """EXPERIMENTAL."""
+    r = np.asarray(rewards, dtype=np.float64)
+    rank = np.asarray(rank)
+    n, g = r.shape
+    k = k_array(k, n)
+    L = np.asarray(lengths, dtype=np.float64)
+    valid = np.isfinite(r)
+    top = rank < k[:, None]
+    count = valid.sum(axis=1)
+    mean = np.where(valid, r, 0.0).sum(axis=1) / np.maximum(count, 1)
+    pos = valid & (r > mean[:, None])
+    neg = valid & ~pos
+    n_pos = np.minimum(pos.sum(axis=1), np.maximum(k - neg.sum(axis=1), (k + 1) // 2))
+    pos_rank = ranks(np.where(pos, -rank, np.nan).astype(np.float64))
+    kept_pos = pos & (pos_rank < n_pos[:, None])
+    src = {"all": pos, "kept": kept_pos, "neg": neg, "adapt": kept_pos}[ref]
+    if ref == "neg":
+        reflen = np.nanmedian(np.where(src, L, np.nan), axis=1)
+        reflen = np.where(np.isnan(reflen), 0, reflen)
+    else:
+        reflen = np.where(src, L, 0.0).sum(axis=1) / np.maximum(src.sum(axis=1), 1)
+    dist = np.abs(L - reflen[:, None])
+    key = dense_rank(np.where(neg, dist, np.inf)) * g + rank
+    if ref == "adapt":
+        lp = np.where(pos, L, 0.0).sum(axis=1) / np.maximum(pos.sum(axis=1), 1)
+        lneg = np.where(neg, L, 0.0).sum(axis=1) / np.maximum(neg.sum(axis=1), 1)
+        key = np.where((lp > lneg)[:, None], key, rank)
+    neg_rank = ranks(np.where(neg, -key, np.nan).astype(np.float64))
+    kept_neg = neg & (neg_rank < (k - n_pos)[:, None])
+    chosen = kept_pos | kept_neg
+    missing = k - chosen.sum(axis=1)
+    rest = np.where(chosen, np.iinfo(np.int64).max, rank)
+    fill = ranks(-rest.astype(np.float64)) < missing[:, None]
+    chosen = chosen | (fill & ~chosen)
+    return np.where(has_signal(r, valid)[:, None], chosen, top)

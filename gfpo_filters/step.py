@@ -52,6 +52,10 @@ KEEP_SIGNAL = {
     "swap_long": "as swap, choosing the longest of a lower level (the shortest of a higher one)",
     "group_baseline": "the filter's top k, advantages with the whole group's mean and std",
     "balanced": "PODS max-variance reward values, equal rewards in the filter's order",
+    "matched": "EXPERIMENTAL",
+    "matched_kept": "EXPERIMENTAL",
+    "matched_neg": "EXPERIMENTAL",
+    "matched_adapt": "EXPERIMENTAL",
 }
 #: What ``keep_signal=True`` means (chosen by benchmarks/keep_signal.py, docs/keep_signal.md).
 KEEP_SIGNAL_DEFAULT = "swap"
@@ -274,6 +278,11 @@ def select(
         kept = signal_swap(rank, top, rewards, prefer=np.where(rewards < level, -lengths, lengths))
     elif mode == "balanced":
         kept = balanced_mask(rank, rewards, k)
+    elif mode in ("matched", "matched_kept", "matched_neg", "matched_adapt"):
+        from gfpo_filters.selection import matched_mask
+
+        ln = np.zeros(rewards.shape) if lengths is None else lengths
+        kept = matched_mask(rank, rewards, ln, k, ref={"matched": "all", "matched_kept": "kept", "matched_neg": "neg", "matched_adapt": "adapt"}[mode])
     baseline = valid if mode == "group_baseline" else kept
     advantages = gfpo_advantages(rewards, kept, scale=scale, baseline=baseline)
     signal = has_signal(rewards, baseline) & (kept & valid).any(axis=1)
