@@ -32,8 +32,11 @@ from gfpo_filters.demo import train_variant  # noqa: E402
 from gfpo_filters.step import KEEP_SIGNAL  # noqa: E402
 from gfpo_filters.toy import TASKS  # noqa: E402
 
-#: Settings: "grpo", or "filter:keep_signal mode".
-SETTINGS = ["grpo", "length:off", "token_efficiency:off"] + [f"token_efficiency:{m}" for m in KEEP_SIGNAL if m != "off"]
+#: Settings: "grpo", or "filter:keep_signal mode". ``swap_long`` is left out: with ``token_efficiency`` on 0/1 rewards
+#: it keeps exactly what ``swap`` keeps (docs/keep_signal.md), so its runs are ``swap``'s.
+SETTINGS = ["grpo", "length:off", "token_efficiency:off"] + [
+    f"token_efficiency:{m}" for m in KEEP_SIGNAL if m not in ("off", "swap_long")
+]
 LAST = 5  # logs averaged for "end" (5 x 10 steps)
 
 
@@ -142,7 +145,8 @@ def main() -> int:
     path = Path(args.results)
     runs = load(path)
     start = time.perf_counter()
-    todo = [(t, st, s) for t in tasks for s in seeds for st in settings if (t, st, s, *base) not in runs]
+    # Seed by seed, so that an interrupted table still compares every setting on the seeds it finished.
+    todo = [(t, st, s) for s in seeds for t in tasks for st in settings if (t, st, s, *base) not in runs]
     if not args.table_only:
         for i, (task, setting, seed) in enumerate(todo):
             run = {"key": [task, setting, seed, *base], **train(task, setting, seed, args)}

@@ -119,13 +119,16 @@ def balanced_mask(rank: np.ndarray, rewards: np.ndarray, k: Any) -> np.ndarray:
     same = (r[:, :, None] == r[:, None, :]) & valid[:, :, None] & valid[:, None, :]
     count = (same & mv[:, None, :]).sum(axis=2)
     ahead = (same & (rank[:, None, :] < rank[:, :, None])).sum(axis=2)
-    chosen = valid & (ahead < count)
-    # Fill up to k in the filter's order (only when fewer than k rewards are known).
+    chosen = fill_in_order(valid & (ahead < count), rank, k)
+    return np.where(has_signal(r, valid)[:, None], chosen, top)
+
+
+def fill_in_order(chosen: np.ndarray, rank: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """``chosen`` topped up to ``k`` per group with the best-ranked completions not in it (when fewer are chosen)."""
     missing = k - chosen.sum(axis=1)
     rest = np.where(chosen, np.iinfo(np.int64).max, rank)
     fill = ranks(-rest.astype(np.float64)) < missing[:, None]
-    chosen = chosen | (fill & ~chosen)
-    return np.where(has_signal(r, valid)[:, None], chosen, top)
+    return chosen | fill
 
 
 def dense_rank(x: np.ndarray) -> np.ndarray:
@@ -216,39 +219,40 @@ def normalize_then_sum(per_func: np.ndarray, kept: np.ndarray, weights: np.ndarr
     return np.where(scored, advantages, 0.0)
 
 
-def matched_mask(rank: np.ndarray, rewards: np.ndarray, lengths: np.ndarray, k: Any, ref: str = "all") -> np.ndarray:
-    """EXPERIMENTAL."""
+def typical_mask(rank: np.ndarray, rewards: np.ndarray, lengths: np.ndarray, k: Any) -> np.ndarray:
+    """Keep the filter's best high-reward completions and a length-typical contrast: ``k`` per group.
+
+    A group's completions split at the mean of its known rewards into *high* (above it) and *low*
+    (at or below it; with 0/1 rewards: correct and wrong). The kept set is the ``ceil(k/2)``
+    best-ranked high completions (``rank``, 0 = best: the filter chooses which are reinforced) and
+    the ``floor(k/2)`` low completions whose length is nearest the median length of the group's low
+    ones (ties in the filter's order): a length-typical sample of what is pushed down, so the
+    contrast does not pair short high completions with the longest low ones. When one side has too
+    few, the other fills in (high in the filter's order, low by the same nearness); missing rewards
+    are never kept unless fewer than ``k`` are known, when the rest is filled in the filter's order.
+    Groups whose known rewards are all equal keep the filter's top ``k``.
+    """
     r = np.asarray(rewards, dtype=np.float64)
     rank = np.asarray(rank)
+    length = np.asarray(lengths, dtype=np.float64)
     n, g = r.shape
     k = k_array(k, n)
-    L = np.asarray(lengths, dtype=np.float64)
     valid = np.isfinite(r)
-    top = rank < k[:, None]
-    count = valid.sum(axis=1)
-    mean = np.where(valid, r, 0.0).sum(axis=1) / np.maximum(count, 1)
-    pos = valid & (r > mean[:, None])
-    neg = valid & ~pos
-    n_pos = np.minimum(pos.sum(axis=1), np.maximum(k - neg.sum(axis=1), (k + 1) // 2))
-    pos_rank = ranks(np.where(pos, -rank, np.nan).astype(np.float64))
-    kept_pos = pos & (pos_rank < n_pos[:, None])
-    src = {"all": pos, "kept": kept_pos, "neg": neg, "adapt": kept_pos}[ref]
-    if ref == "neg":
-        reflen = np.nanmedian(np.where(src, L, np.nan), axis=1)
-        reflen = np.where(np.isnan(reflen), 0, reflen)
-    else:
-        reflen = np.where(src, L, 0.0).sum(axis=1) / np.maximum(src.sum(axis=1), 1)
-    dist = np.abs(L - reflen[:, None])
-    key = dense_rank(np.where(neg, dist, np.inf)) * g + rank
-    if ref == "adapt":
-        lp = np.where(pos, L, 0.0).sum(axis=1) / np.maximum(pos.sum(axis=1), 1)
-        lneg = np.where(neg, L, 0.0).sum(axis=1) / np.maximum(neg.sum(axis=1), 1)
-        key = np.where((lp > lneg)[:, None], key, rank)
-    neg_rank = ranks(np.where(neg, -key, np.nan).astype(np.float64))
-    kept_neg = neg & (neg_rank < (k - n_pos)[:, None])
-    chosen = kept_pos | kept_neg
-    missing = k - chosen.sum(axis=1)
-    rest = np.where(chosen, np.iinfo(np.int64).max, rank)
-    fill = ranks(-rest.astype(np.float64)) < missing[:, None]
-    chosen = chosen | (fill & ~chosen)
-    return np.where(has_signal(r, valid)[:, None], chosen, top)
+    mean = np.where(valid, r, 0.0).sum(axis=1) / np.maximum(valid.sum(axis=1), 1)
+    high = valid & (r > mean[:, None])
+    low = valid & ~high
+    n_high = np.minimum(high.sum(axis=1), np.maximum(k - low.sum(axis=1), (k + 1) // 2))
+    # Median length of the low completions: the middle of their sorted lengths (inf pads the rest).
+    m = low.sum(axis=1)
+    sorted_len = np.sort(np.where(low, length, np.inf), axis=1)
+    lo_mid = np.take_along_axis(sorted_len, np.maximum(m - 1, 0)[:, None] // 2, axis=1)[:, 0]
+    hi_mid = np.take_along_axis(sorted_len, (m // 2)[:, None].clip(max=g - 1), axis=1)[:, 0]
+    median = np.where(m > 0, (lo_mid + hi_mid) / 2, 0.0)
+    # Order within each side: high by the filter's rank; low by distance to the median, then rank.
+    nearness = dense_rank(np.where(low, np.abs(length - median[:, None]), np.inf)) * g + rank
+    key = np.where(high, rank, np.where(low, nearness, np.inf)).astype(np.float64)
+    high_rank = ranks(np.where(high, -key, np.nan))
+    low_rank = ranks(np.where(low, -key, np.nan))
+    chosen = (high & (high_rank < n_high[:, None])) | (low & (low_rank < (k - n_high)[:, None]))
+    chosen = fill_in_order(chosen, rank, k)  # fewer than k known rewards
+    return np.where(has_signal(r, valid)[:, None], chosen, rank < k[:, None])

@@ -37,7 +37,15 @@ import numpy as np
 from gfpo_filters.adaptive import BUCKETS, AdaptiveK
 from gfpo_filters.base import GroupFilter, check_scores
 from gfpo_filters.registry import load_filter
-from gfpo_filters.selection import balanced_mask, gfpo_advantages, has_signal, k_array, ranks, signal_swap
+from gfpo_filters.selection import (
+    balanced_mask,
+    gfpo_advantages,
+    has_signal,
+    k_array,
+    ranks,
+    signal_swap,
+    typical_mask,
+)
 
 #: Keyword arguments a filter may take besides ``group_completions`` and ``group_rewards``.
 FILTER_KWARGS = ("completion_ids", "completion_lengths", "prompts", "num_remains_in_group")
@@ -52,10 +60,7 @@ KEEP_SIGNAL = {
     "swap_long": "as swap, choosing the longest of a lower level (the shortest of a higher one)",
     "group_baseline": "the filter's top k, advantages with the whole group's mean and std",
     "balanced": "PODS max-variance reward values, equal rewards in the filter's order",
-    "matched": "EXPERIMENTAL",
-    "matched_kept": "EXPERIMENTAL",
-    "matched_neg": "EXPERIMENTAL",
-    "matched_adapt": "EXPERIMENTAL",
+    "typical": "the filter's best k/2 above the group's mean reward; the k/2 below it nearest their median length",
 }
 #: What ``keep_signal=True`` means (chosen by benchmarks/keep_signal.py, docs/keep_signal.md).
 KEEP_SIGNAL_DEFAULT = "swap"
@@ -262,7 +267,8 @@ def select(
 ) -> Selection:
     """Steps 4 to 6 of :func:`gfpo_step` on checked scores (the benchmark calls this too).
 
-    ``"swap_long"`` reads ``lengths``; without them it is ``"swap"``.
+    ``"swap_long"`` and ``"typical"`` read ``lengths``; without them ``"swap_long"`` is ``"swap"``, and
+    ``"typical"`` takes the low-reward side in the filter's order too.
     """
     mode = keep_signal_mode(keep_signal)
     rewards = np.asarray(rewards, dtype=np.float64)
@@ -278,11 +284,8 @@ def select(
         kept = signal_swap(rank, top, rewards, prefer=np.where(rewards < level, -lengths, lengths))
     elif mode == "balanced":
         kept = balanced_mask(rank, rewards, k)
-    elif mode in ("matched", "matched_kept", "matched_neg", "matched_adapt"):
-        from gfpo_filters.selection import matched_mask
-
-        ln = np.zeros(rewards.shape) if lengths is None else lengths
-        kept = matched_mask(rank, rewards, ln, k, ref={"matched": "all", "matched_kept": "kept", "matched_neg": "neg", "matched_adapt": "adapt"}[mode])
+    elif mode == "typical":
+        kept = typical_mask(rank, rewards, np.zeros(rewards.shape) if lengths is None else lengths, k)
     baseline = valid if mode == "group_baseline" else kept
     advantages = gfpo_advantages(rewards, kept, scale=scale, baseline=baseline)
     signal = has_signal(rewards, baseline) & (kept & valid).any(axis=1)
