@@ -75,7 +75,7 @@ def table(task: str, settings: list[str], seeds: list[int], runs: dict, base: tu
     lines = [
         f"**{task}**: {TASKS[task][1]}",
         "",
-        "| setting | reward start → end | length start → end | reward / GRPO | length / GRPO | end < start |",
+        "| setting | reward start → end | length start → end | reward / GRPO | length / GRPO | ends below start |",
         "|---|---|---|---|---|---|",
     ]
     grpo = {s: runs.get((task, "grpo", s, *base)) for s in seeds}
@@ -91,7 +91,7 @@ def table(task: str, settings: list[str], seeds: list[int], runs: dict, base: tu
         rr = [rs[s]["reward"] / grpo[s]["reward"] for s in paired]
         lr = [rs[s]["length"] / grpo[s]["length"] for s in paired]
         below = [
-            f"{s} ({rs[s]['reward'] - rs[s]['reward_start']:+.2f})"
+            f"seed {s}: {rs[s]['reward'] - rs[s]['reward_start']:+.2f}"
             for s in rs
             if rs[s]["reward"] < rs[s]["reward_start"]
         ]
