@@ -62,7 +62,8 @@ KEEP_SIGNAL = {
     "balanced": "PODS max-variance reward values, equal rewards in the filter's order",
     "typical": "the filter's best k/2 above the group's mean reward; the k/2 below it nearest their median length",
 }
-#: What ``keep_signal=True`` means (chosen by benchmarks/keep_signal.py, docs/keep_signal.md).
+#: What ``keep_signal=True`` means (benchmarks/keep_signal.py, benchmarks/effect.py; docs/keep_signal.md says why
+#: it is not ``"typical"``, the mode recommended for 0/1 rewards).
 KEEP_SIGNAL_DEFAULT = "swap"
 
 
