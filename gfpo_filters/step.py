@@ -60,7 +60,7 @@ KEEP_SIGNAL = {
     "swap_long": "as swap, choosing the longest of a lower level (the shortest of a higher one)",
     "group_baseline": "the filter's top k, advantages with the whole group's mean and std",
     "balanced": "PODS max-variance reward values, equal rewards in the filter's order",
-    "typical": "the filter's best k/2 above the group's mean reward; the k/2 below it nearest their median length",
+    "typical": "the filter's best k/2 above the mean reward; the k/2 at or below it nearest their median length",
 }
 #: What ``keep_signal=True`` means (benchmarks/keep_signal.py, benchmarks/effect.py; docs/keep_signal.md says why
 #: it is not ``"typical"``, the mode recommended for 0/1 rewards).
