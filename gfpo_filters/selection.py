@@ -274,3 +274,41 @@ def normalize_then_sum(per_func: np.ndarray, kept: np.ndarray, weights: np.ndarr
             return np.zeros(kept.shape)
         advantages = (summed - values.mean()) / (values.std() + eps)
     return np.where(scored, advantages, 0.0)
+
+
+def typical_mask(rank: np.ndarray, rewards: np.ndarray, lengths: np.ndarray, k: Any) -> np.ndarray:
+    """Keep the filter's best high-reward completions and a length-typical contrast: ``k`` per group.
+
+    A group's completions split at the mean of its known rewards into *high* (above it) and *low*
+    (at or below it; with 0/1 rewards: correct and wrong). The kept set is the ``ceil(k/2)``
+    best-ranked high completions (``rank``, 0 = best: the filter chooses which are reinforced) and
+    the ``floor(k/2)`` low completions whose length is nearest the median length of the group's low
+    ones (ties in the filter's order): a length-typical sample of what is pushed down, so the
+    contrast does not pair short high completions with the longest low ones. When one side has too
+    few, the other fills in (high in the filter's order, low by the same nearness); missing rewards
+    are never kept (a group that knows fewer than ``k`` rewards keeps those it knows).
+    Groups whose known rewards are all equal keep the filter's top ``k``.
+    """
+    r = np.asarray(rewards, dtype=np.float64)
+    rank = np.asarray(rank)
+    length = np.asarray(lengths, dtype=np.float64)
+    n, g = r.shape
+    k = k_array(k, n)
+    valid = np.isfinite(r)
+    mean = np.where(valid, r, 0.0).sum(axis=1) / np.maximum(valid.sum(axis=1), 1)
+    high = valid & (r > mean[:, None])
+    low = valid & ~high
+    n_high = np.minimum(high.sum(axis=1), np.maximum(k - low.sum(axis=1), (k + 1) // 2))
+    # Median length of the low completions: the middle of their sorted lengths (inf pads the rest).
+    m = low.sum(axis=1)
+    sorted_len = np.sort(np.where(low, length, np.inf), axis=1)
+    lo_mid = np.take_along_axis(sorted_len, np.maximum(m - 1, 0)[:, None] // 2, axis=1)[:, 0]
+    hi_mid = np.take_along_axis(sorted_len, (m // 2)[:, None].clip(max=g - 1), axis=1)[:, 0]
+    median = np.where(m > 0, (lo_mid + hi_mid) / 2, 0.0)
+    # Order within each side: high by the filter's rank; low by distance to the median, then rank.
+    nearness = dense_rank(np.where(low, np.abs(length - median[:, None]), np.inf)) * g + rank
+    key = np.where(high, rank, np.where(low, nearness, np.inf)).astype(np.float64)
+    high_rank = ranks(np.where(high, -key, np.nan))
+    low_rank = ranks(np.where(low, -key, np.nan))
+    chosen = (high & (high_rank < n_high[:, None])) | (low & (low_rank < (k - n_high)[:, None]))
+    return np.where(has_signal(r, valid)[:, None], chosen, (rank < k[:, None]) & valid)

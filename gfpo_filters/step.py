@@ -51,6 +51,7 @@ from gfpo_filters.selection import (
     round_up_rows,
     signal_swap,
     trains,
+    typical_mask,
 )
 
 #: Keyword arguments a filter may take besides ``group_completions`` and ``group_rewards``.
@@ -66,8 +67,10 @@ KEEP_SIGNAL = {
     "swap_long": "as swap, choosing the longest of a lower level (the shortest of a higher one)",
     "group_baseline": "the filter's top k, advantages with the whole group's mean and std",
     "balanced": "PODS max-variance reward values, equal rewards in the filter's order",
+    "typical": "the filter's best k/2 above the mean reward; the k/2 at or below it nearest their median length",
 }
-#: What ``keep_signal=True`` means (chosen by benchmarks/keep_signal.py, docs/keep_signal.md).
+#: What ``keep_signal=True`` means (benchmarks/keep_signal.py, benchmarks/effect.py; docs/keep_signal.md says why
+#: it is not ``"typical"``, the mode recommended for 0/1 rewards).
 KEEP_SIGNAL_DEFAULT = "swap"
 
 
@@ -370,7 +373,8 @@ def select(
 ) -> Selection:
     """Steps 4 to 6 of :func:`gfpo_step` on checked scores (the benchmark calls this too).
 
-    ``"swap_long"`` reads ``lengths``; without them it is ``"swap"``. ``row_multiple``: see
+    ``"swap_long"`` and ``"typical"`` read ``lengths``; without them ``"swap_long"`` is ``"swap"``, and
+    ``"typical"`` takes the low-reward side in the filter's order too. ``row_multiple``: see
     :func:`gfpo_step`.
     """
     mode = keep_signal_mode(keep_signal)
@@ -387,6 +391,8 @@ def select(
         kept = signal_swap(rank, top, rewards, prefer=np.where(rewards < level, -lengths, lengths))
     elif mode == "balanced":
         kept = balanced_mask(rank, rewards, k)
+    elif mode == "typical":
+        kept = typical_mask(rank, rewards, np.zeros(rewards.shape) if lengths is None else lengths, k)
     chosen = kept
     kept = round_up_rows(kept, rank, rewards, row_multiple)
     baseline = valid if mode == "group_baseline" else kept
