@@ -4,7 +4,7 @@
 
 Needs the vLLM environment (README: "vLLM"). Three runs of 3 optimizer steps (learning rate 1e-2) on the vLLM tests'
 tiny model: TRL's sync as vLLM 0.31's CPU backend leaves it (it fails); the sync with
-``tests/vllm/vllm_utils.keep_cpu_weights_loadable``; and the sync switched off (the engine keeps its start
+``tests/vllm_cpu/vllm_utils.keep_cpu_weights_loadable``; and the sync switched off (the engine keeps its start
 weights). For each step it prints TRL's ``sampling/sampling_logp_difference/max``: the largest per-token gap
 between vLLM's log-prob of what it sampled and the policy's. Small when vLLM samples from the policy's weights.
 """
@@ -23,7 +23,7 @@ def run(model_dir: str, out: str, sync: bool) -> list[float]:
     from trl import GRPOTrainer
 
     from gfpo_filters.toy import build_dataset, build_tokenizer
-    from tests.vllm.vllm_utils import reward, vllm_args
+    from tests.vllm_cpu.vllm_utils import reward, vllm_args
 
     gc.collect()
     args = vllm_args(out, num_remains_in_group=None, max_steps=3, learning_rate=1e-2)
@@ -38,7 +38,7 @@ def run(model_dir: str, out: str, sync: bool) -> list[float]:
 
 
 def main() -> None:
-    from tests.vllm.vllm_utils import keep_cpu_weights_loadable, save_model
+    from tests.vllm_cpu.vllm_utils import keep_cpu_weights_loadable, save_model
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = save_model(Path(tmp) / "model")

@@ -15,7 +15,7 @@ import torch
 pytest.importorskip("vllm", reason="vLLM is not installed: the vLLM tests run in their own environment (README)")
 pytest.importorskip("trl")
 
-from tests.vllm.vllm_utils import (  # noqa: E402
+from tests.vllm_cpu.vllm_utils import (  # noqa: E402
     CLIP_MAX,
     CLIP_MIN,
     IS_MODES,

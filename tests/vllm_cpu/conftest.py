@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.vllm.vllm_utils import save_model
+from tests.vllm_cpu.vllm_utils import save_model
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Worker for the two-process vLLM test: ``torchrun --nproc_per_node 2 tests/vllm/worker.py OUT_DIR MODEL_DIR MODE
+"""Worker for the two-process vLLM test: ``torchrun --nproc_per_node 2 tests/vllm_cpu/worker.py OUT_DIR MODEL_DIR MODE
 LOSS_TYPE``.
 
 Each process runs its own vLLM engine (TRL's colocate mode) and trains one GFPO step on 6 rows of 3 groups (G = 4,
@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from trl import GRPOTrainer  # noqa: E402
 
-from tests.vllm.vllm_utils import gfpo_step  # noqa: E402
+from tests.vllm_cpu.vllm_utils import gfpo_step  # noqa: E402
 
 EOS_ID, EOS_BIAS = 1, 3.0
 
