@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gfpo_filters.demo import train_variant  # noqa: E402
 
-MODES = ("off", "swap", "swap_long", "group_baseline", "balanced")
+MODES = ("off", "swap", "swap_long", "group_baseline", "balanced", "typical")
 LAST = 5  # logs averaged for the final numbers (5 x 10 steps)
 
 

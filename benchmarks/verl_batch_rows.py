@@ -13,8 +13,8 @@ the rows that reach the update (real + synthetic) and their tokens (prompt + res
 row is 128 tokens). The rollout files have no token ids, so a character counts as one token.
 
 Then it times what the selection adds to verl's ``sample`` at a larger scale (64 prompts x 16
-sessions of 1,000 to 3,000 random tokens, reading every row's ``responses`` and ``rm_scores`` from
-TransferQueue onto the driver): the best of ``--repeats`` runs of each buffer's ``sample``.
+sessions of 1,000 to 3,000 random tokens, reading every row's ``responses``, ``response_mask`` and
+``rm_scores`` from TransferQueue onto the driver): the best of ``--repeats`` runs of each buffer's ``sample``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ warnings.filterwarnings("ignore")
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 
-# (label, prompts per step, k or None for GRPO, actor.ppo_mini_batch_size, adaptive_k)
+# (label, prompts per step, k or None for GRPO, actor.ppo_mini_batch_size, adaptive_k[, fill_batch_multiple])
 CASES = [
     ("GRPO", 4, None, 4, None),
     ("GFPO k=3, GRPO's batch sizes (the issue's case)", 4, 3, 4, None),
@@ -42,16 +42,18 @@ CASES = [
     ("GFPO k=4, ppo_mini_batch_size = 8*4/8 = 4", 8, 4, 4, None),
     ("GFPO adaptive k 6/4/4/2, ppo_mini_batch_size = 4", 8, 4, 4, [6, 4, 4, 2]),
     ("GFPO adaptive k 6/4/4/2, ppo_mini_batch_size = 1", 8, 4, 1, [6, 4, 4, 2]),
+    ("GFPO adaptive k 6/4/4/2, ppo_mini_batch_size = 4, fill_batch_multiple", 8, 4, 4, [6, 4, 4, 2], True),
+    ("GFPO adaptive k 6/4/4/2, ppo_mini_batch_size = 1, fill_batch_multiple", 8, 4, 1, [6, 4, 4, 2], True),
 ]
 
 
-def compose(n: int, prompts: int, mini: int, k: int | None, adaptive: list[int] | None):
+def compose(n: int, prompts: int, mini: int, k: int | None, adaptive: list[int] | None, fill: bool = False):
     import verl
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     overrides = [
-        "algorithm.adv_estimator=grpo",
+        f"algorithm.adv_estimator={'grpo' if k is None else 'gfpo'}",
         f"actor_rollout_ref.rollout.n={n}",
         f"data.train_batch_size={prompts}",
         f"actor_rollout_ref.actor.ppo_mini_batch_size={mini}",
@@ -65,6 +67,8 @@ def compose(n: int, prompts: int, mini: int, k: int | None, adaptive: list[int] 
         ]
         if adaptive:
             overrides.append(f"+trainer.v1.sampler.sampler_kwargs.adaptive_k=[{','.join(map(str, adaptive))}]")
+        if fill:
+            overrides.append("+trainer.v1.sampler.sampler_kwargs.fill_batch_multiple=true")
     config_dir = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
     with initialize_config_dir(config_dir=config_dir, version_base=None):
         return hydra_compose(config_name="ppo_trainer", overrides=overrides)
@@ -98,12 +102,12 @@ def write_group(tq, partition: str, group) -> None:
     tq.kv_put(key=uid, partition_id=partition, tag={"is_prompt": True, "status": "finished", "global_steps": 0})
 
 
-def run_case(tq, groups, steps: int, prompts: int, k, mini: int, adaptive, dp: int) -> dict[str, float]:
+def run_case(tq, groups, steps: int, prompts: int, k, mini: int, adaptive, dp: int, fill=False) -> dict[str, float]:
     from verl.trainer.ppo.padding_utils import upsample_batch_to_divisible_size
     from verl.trainer.ppo.v1 import get_trainer_cls
 
     n = len(groups[0].texts)
-    config = compose(n, prompts, mini, k, adaptive)
+    config = compose(n, prompts, mini, k, adaptive, fill)
     trainer = object.__new__(get_trainer_cls("sync"))
     trainer.config, trainer.trainer_mode, trainer.use_critic, trainer.global_steps = config, "sync", False, 0
     buffer = trainer._build_replay_buffer()
@@ -141,7 +145,11 @@ def time_sample(tq, repeats: int, prompts: int = 64, n: int = 16) -> dict[str, f
                 uid = uuid.uuid4().hex
                 lengths = rng.integers(1000, 3000, n)
                 fields = [
-                    {"responses": torch.randint(2, 30000, (int(ln),)), "rm_scores": torch.zeros(int(ln))}
+                    {
+                        "responses": torch.randint(2, 30000, (int(ln),)),
+                        "response_mask": torch.ones(int(ln), dtype=torch.int64),
+                        "rm_scores": torch.zeros(int(ln)),
+                    }
                     for ln in lengths
                 ]
                 for f in fields:
@@ -184,8 +192,8 @@ def main() -> None:
         columns = ["configuration", "prompts/step", "sampled rows", "kept rows", "rows in update", "synthetic"]
         print("| " + " | ".join([*columns, "tokens in update"]) + " |")
         print("|---" * (len(columns) + 1) + "|")
-        for label, prompts, k, mini, adaptive in CASES:
-            r = run_case(tq, groups, args.steps, prompts, k, mini, adaptive, args.dp)
+        for label, prompts, k, mini, adaptive, *fill in CASES:
+            r = run_case(tq, groups, args.steps, prompts, k, mini, adaptive, args.dp, *fill)
             print(
                 f"| {label} | {prompts} | {r['sampled']:.0f} | {r['kept']:.1f} | {r['rows']:.1f} | "
                 f"{r['synthetic']:.1f} | {r['tokens']:,.0f} |"

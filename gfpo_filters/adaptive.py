@@ -29,16 +29,43 @@ PAPER_K_MAP = (8, 8, 6, 4)  # for G = 16
 class AdaptiveK:
     """Streaming difficulty buckets -> per-group k."""
 
-    def __init__(self, k_map: Sequence[int], warmup_k: int, warmup_steps: int = 0, window: int = 4096) -> None:
+    def __init__(
+        self,
+        k_map: Sequence[int],
+        warmup_k: int,
+        warmup_steps: int = 0,
+        window: int = 4096,
+        group_size: int | None = None,
+    ) -> None:
+        """``group_size`` (G, when known): every k is checked against it now, else against the first batch."""
         if len(k_map) != 4:
             raise ValueError(f"k_map needs 4 values (very hard, hard, medium, easy), got {list(k_map)}")
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         self.k_map = np.asarray(k_map, dtype=np.int64)
+        if (self.k_map < 1).any():
+            raise ValueError(f"k_map values must be >= 1, got {self.k_map.tolist()}")
         self.warmup_k = int(warmup_k)
+        if self.warmup_k < 1:
+            raise ValueError(f"warmup_k must be >= 1, got {warmup_k}")
         self.warmup_steps = int(warmup_steps)
         self.window = int(window)
         self._values: deque[float] = deque(maxlen=self.window)
+        if group_size is not None:
+            self.check_group_size(group_size)
+
+    def check_group_size(self, group_size: int) -> None:
+        """A ValueError when some k of ``k_map`` or ``warmup_k`` is larger than ``group_size`` (G)."""
+        if int(self.k_map.max()) > group_size:
+            raise ValueError(
+                f"adaptive k: k_map {self.k_map.tolist()} asks for more completions than groups of {group_size} "
+                f"completions hold; every k must be <= G = {group_size}"
+            )
+        if self.warmup_k > group_size:
+            raise ValueError(
+                f"adaptive k: warmup_k={self.warmup_k} asks for more completions than groups of {group_size} "
+                f"completions hold; it must be <= G = {group_size}"
+            )
 
     def __len__(self) -> int:
         return len(self._values)
@@ -63,6 +90,7 @@ class AdaptiveK:
         Groups with no reward at all get ``warmup_k`` and bucket -1, and do not enter the window.
         """
         r = np.asarray(rewards, dtype=np.float64)
+        self.check_group_size(r.shape[1])
         valid = np.isfinite(r)
         count = valid.sum(axis=1)
         difficulty = np.where(count > 0, np.where(valid, r, 0.0).sum(axis=1) / np.maximum(count, 1), np.nan)

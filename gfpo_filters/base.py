@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from gfpo_filters.errors import FilterOutputError, FilterParameterError, GFPOFilterWarning
+from gfpo_filters.errors import FilterOutputError, FilterParameterError, FilterStateError, GFPOFilterWarning
 from gfpo_filters.groups import Groups
 from gfpo_filters.selection import topk_mask
 
@@ -69,6 +69,24 @@ class GroupFilter:
     def select(self, groups: Groups, k: Any) -> np.ndarray:
         """Boolean mask of the kept completions: top ``k`` (int or one per group) by score."""
         return topk_mask(self.score_groups(groups), k)
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to score as an uninterrupted one would, JSON-serialisable; ``{}`` if nothing.
+
+        A filter with state that changes as it scores (a random generator) returns it here, and a
+        filter whose scores depend on something outside its parameters (a model file) returns what
+        identifies it, so that :meth:`load_state_dict` can refuse a resume that would score differently.
+        """
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned. A stateless filter accepts only ``{}``."""
+        if state:
+            raise FilterStateError(
+                f"filter {self.name!r} keeps no state, but was given a state with keys {sorted(state)}: "
+                "the checkpoint was saved with another filter"
+            )
 
     # ------------------------------------------------------------------ description
     @classmethod

@@ -65,8 +65,13 @@ def train_variant(
     seed: int,
     lr: float,
     keep_signal: bool | str = False,
+    task: str = "x",
 ) -> dict[str, Any]:
-    """Train one variant and return its logged history (runs in a worker process)."""
+    """Train one variant on a task of :data:`gfpo_filters.toy.TASKS` and return its logged history (a worker)."""
+    from gfpo_filters.toy import TASKS
+
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}: choose one of {sorted(TASKS)}")
     import logging
     import warnings
 
@@ -83,7 +88,7 @@ def train_variant(
 
     from transformers import PrinterCallback
 
-    from gfpo_filters.toy import build_dataset, build_model, build_tokenizer, contains_target
+    from gfpo_filters.toy import build_dataset, build_model, build_tokenizer
     from gfpo_filters.trainer import GFPOConfig, GFPOTrainer
 
     args = GFPOConfig(
@@ -106,7 +111,7 @@ def train_variant(
     )
     trainer = GFPOTrainer(
         model=build_model(seed),
-        reward_funcs=contains_target,
+        reward_funcs=TASKS[task][0],
         args=args,
         train_dataset=build_dataset(64, seed),
         processing_class=build_tokenizer(),
@@ -134,6 +139,7 @@ def train_variant(
         "filter": filter_name,
         "k": k,
         "keep_signal": args.keep_signal,
+        "task": task,
         "seconds": time.perf_counter() - start,
         "history": history,
     }

@@ -30,6 +30,10 @@ class UnknownFilterError(GFPOFilterError, KeyError, ValueError):
         return str(self.args[0]) if self.args else ""
 
 
+class FilterStateError(GFPOFilterError, ValueError):
+    """A checkpointed filter state does not belong to this filter (another filter, another model) or is malformed."""
+
+
 class DuplicateFilterError(GFPOFilterError, ValueError):
     """Two providers register the same filter name."""
 
@@ -44,3 +48,19 @@ class GFPOFilterWarning(UserWarning):
 
 class PluginLoadWarning(GFPOFilterWarning):
     """A plugin failed to import or register; its filters are unavailable, all others work."""
+
+
+class GFPOStepWarning(GFPOFilterWarning):
+    """:func:`gfpo_filters.step.gfpo_step` met input it could handle, but not as asked (e.g. NaN scores)."""
+
+
+class IgnoredSettingWarning(GFPOFilterWarning):
+    """A setting the user made has no effect with GFPO (e.g. one verl drops for custom samplers)."""
+
+
+class AdvantageStdWarning(GFPOFilterWarning):
+    """The engine standardises advantages with another std than the paper's (e.g. verl's GRPO, n - 1)."""
+
+
+class FilterStateWarning(GFPOFilterWarning):
+    """A checkpoint lacks state a stateful filter (or adaptive k) needs: the resumed run starts it afresh."""

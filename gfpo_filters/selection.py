@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from gfpo_filters.errors import GFPOStepWarning, GroupInputError
+
 
 def k_array(k: Any, n: int) -> np.ndarray:
     """``k`` (one int, or one per group) as ``n`` ints, one per group."""
@@ -64,6 +66,14 @@ def has_signal(rewards: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return hi > lo
 
 
+def trains(advantages: np.ndarray, tol: float = 1e-8) -> np.ndarray:
+    """Per group: does some advantage differ from 0 (by more than ``tol``, float noise)?
+
+    If not, the group trains on nothing (``gfpo/frac_no_signal``).
+    """
+    return (np.abs(np.asarray(advantages, dtype=np.float64)) > tol).any(axis=1)
+
+
 def signal_swap(
     rank: np.ndarray, kept: np.ndarray, rewards: np.ndarray, prefer: np.ndarray | None = None
 ) -> np.ndarray:
@@ -96,6 +106,61 @@ def signal_swap(
     return out
 
 
+def round_up_rows(kept: np.ndarray, rank: np.ndarray, rewards: np.ndarray, multiple: int) -> np.ndarray:
+    """Keep more completions until the batch's kept count is a multiple of ``multiple``; returns the new mask.
+
+    An engine that splits the kept rows into equal micro-batches (TRL: processes x steps per
+    generation) asks for this so that it never needs padding rows. The rows added are chosen
+    round by round, at most one per group per round: in each round the groups with the lowest
+    mean known reward (the hardest) come first, ties by group index, and each adds its
+    best-ranked (``rank``, 0 = best) completion not yet kept that has a known reward. Completions
+    without a reward (advantage 0, a pass for nothing) are added only when no other is left, with
+    a :class:`GFPOStepWarning`; a group never keeps more than its ``G`` completions. Raises
+    :class:`GroupInputError` when the batch has too few completions to reach the next multiple.
+    """
+    kept = np.asarray(kept, dtype=bool)
+    if not isinstance(multiple, (int, np.integer)) or isinstance(multiple, bool) or multiple < 1:
+        raise ValueError(f"row_multiple must be an int >= 1, got {multiple!r}")
+    need = -int(kept.sum()) % int(multiple)
+    if need == 0:
+        return kept.copy()
+    r = np.asarray(rewards, dtype=np.float64)
+    valid = np.isfinite(r)
+    free = ~kept
+    if need > free.sum():
+        raise GroupInputError(
+            f"row_multiple={multiple}: {int(kept.sum())} kept rows need {need} more to make a multiple of "
+            f"{multiple}, but the batch ({kept.shape[0]} groups x {kept.shape[1]}) has only {int(free.sum())} "
+            "rows left; use a row_multiple that divides the batch size, or a larger batch"
+        )
+    n, g = kept.shape
+    # Tier 0: free rows with a known reward, tier 1: free rows without; round = position within the tier by rank.
+    tier = np.where(valid, 0, 1)
+    key = np.where(free, tier * (g + 1) + np.asarray(rank), np.iinfo(np.int64).max)
+    order = np.argsort(key, axis=1, kind="stable")
+    position = np.empty_like(order)
+    np.put_along_axis(position, order, np.arange(g)[None, :], axis=1)
+    in_tier = position - np.where(tier == 1, (free & valid).sum(axis=1, keepdims=True), 0)
+    count = valid.sum(axis=1)
+    mean = np.where(count > 0, np.where(valid, r, 0.0).sum(axis=1) / np.maximum(count, 1), np.inf)
+    priority = np.empty(n, dtype=np.int64)
+    priority[np.argsort(mean, kind="stable")] = np.arange(n)
+    rows = np.flatnonzero(free.ravel())
+    pick = rows[np.lexsort((np.repeat(priority, g)[rows], in_tier.ravel()[rows], tier.ravel()[rows]))[:need]]
+    out = kept.copy()
+    out.ravel()[pick] = True
+    unscored = int((~valid.ravel()[pick]).sum())
+    if unscored:
+        warnings.warn(
+            f"row_multiple={multiple}: every completion with a known reward is already kept; {unscored} of the "
+            f"{need} rows added to reach a multiple of {multiple} have no reward (advantage 0, a forward and "
+            "backward pass for nothing)",
+            GFPOStepWarning,
+            stacklevel=3,
+        )
+    return out
+
+
 def balanced_mask(rank: np.ndarray, rewards: np.ndarray, k: Any) -> np.ndarray:
     """PODS max-variance selection of ``k`` per group, equal rewards taken in the filter's order.
 
@@ -103,8 +168,8 @@ def balanced_mask(rank: np.ndarray, rewards: np.ndarray, k: Any) -> np.ndarray:
     (:func:`gfpo_filters.filters.max_variance.max_variance_mask`); among completions with the
     same reward, the best-ranked (``rank``, 0 = best) are kept. With 0/1 rewards that is the
     filter's best ``k/2`` correct and best ``k/2`` wrong completions when the group has them.
-    Groups whose known rewards are all equal keep the filter's top ``k``; when fewer than ``k``
-    rewards are known, the rest is filled in the filter's order.
+    Groups whose known rewards are all equal keep the filter's top ``k``. Completions without a
+    reward are never kept (a group that knows fewer than ``k`` rewards keeps those it knows).
     """
     from gfpo_filters.filters.max_variance import max_variance_mask
 
@@ -113,18 +178,13 @@ def balanced_mask(rank: np.ndarray, rewards: np.ndarray, k: Any) -> np.ndarray:
     n, _ = r.shape
     k = k_array(k, n)
     valid = np.isfinite(r)
-    top = rank < k[:, None]
+    top = (rank < k[:, None]) & valid
     mv = max_variance_mask(r, valid, k)
     # How many of each reward value the max-variance set holds, then the best-ranked that many of it.
     same = (r[:, :, None] == r[:, None, :]) & valid[:, :, None] & valid[:, None, :]
     count = (same & mv[:, None, :]).sum(axis=2)
     ahead = (same & (rank[:, None, :] < rank[:, :, None])).sum(axis=2)
     chosen = valid & (ahead < count)
-    # Fill up to k in the filter's order (only when fewer than k rewards are known).
-    missing = k - chosen.sum(axis=1)
-    rest = np.where(chosen, np.iinfo(np.int64).max, rank)
-    fill = ranks(-rest.astype(np.float64)) < missing[:, None]
-    chosen = chosen | (fill & ~chosen)
     return np.where(has_signal(r, valid)[:, None], chosen, top)
 
 
@@ -214,3 +274,41 @@ def normalize_then_sum(per_func: np.ndarray, kept: np.ndarray, weights: np.ndarr
             return np.zeros(kept.shape)
         advantages = (summed - values.mean()) / (values.std() + eps)
     return np.where(scored, advantages, 0.0)
+
+
+def typical_mask(rank: np.ndarray, rewards: np.ndarray, lengths: np.ndarray, k: Any) -> np.ndarray:
+    """Keep the filter's best high-reward completions and a length-typical contrast: ``k`` per group.
+
+    A group's completions split at the mean of its known rewards into *high* (above it) and *low*
+    (at or below it; with 0/1 rewards: correct and wrong). The kept set is the ``ceil(k/2)``
+    best-ranked high completions (``rank``, 0 = best: the filter chooses which are reinforced) and
+    the ``floor(k/2)`` low completions whose length is nearest the median length of the group's low
+    ones (ties in the filter's order): a length-typical sample of what is pushed down, so the
+    contrast does not pair short high completions with the longest low ones. When one side has too
+    few, the other fills in (high in the filter's order, low by the same nearness); missing rewards
+    are never kept (a group that knows fewer than ``k`` rewards keeps those it knows).
+    Groups whose known rewards are all equal keep the filter's top ``k``.
+    """
+    r = np.asarray(rewards, dtype=np.float64)
+    rank = np.asarray(rank)
+    length = np.asarray(lengths, dtype=np.float64)
+    n, g = r.shape
+    k = k_array(k, n)
+    valid = np.isfinite(r)
+    mean = np.where(valid, r, 0.0).sum(axis=1) / np.maximum(valid.sum(axis=1), 1)
+    high = valid & (r > mean[:, None])
+    low = valid & ~high
+    n_high = np.minimum(high.sum(axis=1), np.maximum(k - low.sum(axis=1), (k + 1) // 2))
+    # Median length of the low completions: the middle of their sorted lengths (inf pads the rest).
+    m = low.sum(axis=1)
+    sorted_len = np.sort(np.where(low, length, np.inf), axis=1)
+    lo_mid = np.take_along_axis(sorted_len, np.maximum(m - 1, 0)[:, None] // 2, axis=1)[:, 0]
+    hi_mid = np.take_along_axis(sorted_len, (m // 2)[:, None].clip(max=g - 1), axis=1)[:, 0]
+    median = np.where(m > 0, (lo_mid + hi_mid) / 2, 0.0)
+    # Order within each side: high by the filter's rank; low by distance to the median, then rank.
+    nearness = dense_rank(np.where(low, np.abs(length - median[:, None]), np.inf)) * g + rank
+    key = np.where(high, rank, np.where(low, nearness, np.inf)).astype(np.float64)
+    high_rank = ranks(np.where(high, -key, np.nan))
+    low_rank = ranks(np.where(low, -key, np.nan))
+    chosen = (high & (high_rank < n_high[:, None])) | (low & (low_rank < (k - n_high)[:, None]))
+    return np.where(has_signal(r, valid)[:, None], chosen, (rank < k[:, None]) & valid)

@@ -14,11 +14,13 @@ The step:
 2. calls the filter once on all groups, with token ids, lengths, prompts and k where it takes them,
 3. checks the scores (shape, numbers) and, on many processes, lets the engine make them identical
    everywhere (``sync_scores``: e.g. broadcast process 0's),
-4. keeps the top k of each group (ties to the earlier completion; NaN scores and missing
-   rewards last),
+4. keeps the top k of each group with a known reward (ties to the earlier completion; NaN
+   scores last; a completion without a reward is never kept, so a group may keep fewer than k),
 5. optionally keeps the learning signal (``keep_signal``, see :data:`KEEP_SIGNAL`): a kept set
-   whose rewards are all equal, in a group whose rewards are not, gets no gradient, and
-6. standardises rewards over the kept set (population std, the paper's Eq. 1; with
+   whose rewards are all equal, in a group whose rewards are not, gets no gradient,
+6. optionally keeps more rows until the batch's kept count is a multiple of ``row_multiple`` (so an
+   engine can split it into equal micro-batches without padding rows), and
+7. standardises rewards over the kept set (population std, the paper's Eq. 1; with
    ``keep_signal="group_baseline"``, mean and std of the whole group).
 
 Rewards are one float per completion, NaN where a completion could not be scored.
@@ -27,7 +29,9 @@ Rewards are one float per completion, NaN where a completion could not be scored
 from __future__ import annotations
 
 import inspect
+import json
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,8 +40,19 @@ import numpy as np
 
 from gfpo_filters.adaptive import BUCKETS, AdaptiveK
 from gfpo_filters.base import GroupFilter, check_scores
+from gfpo_filters.errors import FilterStateError, FilterStateWarning, GFPOStepWarning, GroupInputError
 from gfpo_filters.registry import load_filter
-from gfpo_filters.selection import balanced_mask, gfpo_advantages, has_signal, k_array, ranks, signal_swap
+from gfpo_filters.selection import (
+    balanced_mask,
+    gfpo_advantages,
+    has_signal,
+    k_array,
+    ranks,
+    round_up_rows,
+    signal_swap,
+    trains,
+    typical_mask,
+)
 
 #: Keyword arguments a filter may take besides ``group_completions`` and ``group_rewards``.
 FILTER_KWARGS = ("completion_ids", "completion_lengths", "prompts", "num_remains_in_group")
@@ -52,8 +67,10 @@ KEEP_SIGNAL = {
     "swap_long": "as swap, choosing the longest of a lower level (the shortest of a higher one)",
     "group_baseline": "the filter's top k, advantages with the whole group's mean and std",
     "balanced": "PODS max-variance reward values, equal rewards in the filter's order",
+    "typical": "the filter's best k/2 above the mean reward; the k/2 at or below it nearest their median length",
 }
-#: What ``keep_signal=True`` means (chosen by benchmarks/keep_signal.py, docs/keep_signal.md).
+#: What ``keep_signal=True`` means (benchmarks/keep_signal.py, benchmarks/effect.py; docs/keep_signal.md says why
+#: it is not ``"typical"``, the mode recommended for 0/1 rewards).
 KEEP_SIGNAL_DEFAULT = "swap"
 
 
@@ -103,6 +120,85 @@ def accepted_kwargs(f: FilterFn) -> tuple[str, ...]:
     return tuple(k for k in FILTER_KWARGS if k in names)
 
 
+def filter_state(filter_fn: FilterFn | None, adaptive: AdaptiveK | None = None) -> dict[str, Any]:
+    """Everything a resumed run needs to keep the rows an uninterrupted run would keep; JSON-serialisable.
+
+    ``{"filter": name, "filter_state": filter_fn.state_dict(), "adaptive": adaptive.state_dict()}``:
+    the filter's own state (:meth:`GroupFilter.state_dict`; a plain callable's ``state_dict()`` if it
+    has one, else ``{}``) and Adaptive Difficulty GFPO's window (None without adaptive k). Engine
+    adapters save it with their checkpoints and give it back to :func:`load_filter_state`.
+    """
+    state = _state_of(filter_fn)
+    try:
+        json.dumps(state)
+    except (TypeError, ValueError) as e:
+        raise FilterStateError(
+            f"filter {filter_name(filter_fn)!r}: state_dict() must return a JSON-serialisable dict ({e})"
+        ) from None
+    return {
+        "filter": None if filter_fn is None else filter_name(filter_fn),
+        "filter_state": state,
+        "adaptive": None if adaptive is None else adaptive.state_dict(),
+    }
+
+
+def load_filter_state(filter_fn: FilterFn | None, adaptive: AdaptiveK | None, state: dict[str, Any] | None) -> None:
+    """Restore what :func:`filter_state` saved into this run's filter and adaptive k.
+
+    Raises :class:`FilterStateError` when the state belongs to another filter (another name, or a
+    state the filter refuses, e.g. ``learned`` with another model). Warns
+    (:class:`FilterStateWarning`) when the checkpoint lacks state this run needs (a stateful filter,
+    the adaptive-k window): that part starts afresh, and the resumed run may keep other rows than an
+    uninterrupted one would. A state saved before filters had one (``{"adaptive": ...}`` alone) loads.
+    """
+    state = dict(state or {})
+    name = None if filter_fn is None else filter_name(filter_fn)
+    saved_name = state.get("filter")
+    if saved_name is not None and name is not None and saved_name != name:
+        raise FilterStateError(
+            f"the checkpoint's filter state belongs to filter {saved_name!r}, but this run uses {name!r}: "
+            "resume with the same filter, or start a new run"
+        )
+    saved = state.get("filter_state")
+    current = _state_of(filter_fn)
+    if saved:
+        load = getattr(filter_fn, "load_state_dict", None)
+        if not callable(load):
+            raise FilterStateError(
+                f"the checkpoint holds a state for filter {saved_name or name!r} (keys {sorted(saved)}), but "
+                f"this run's filter {name!r} has no load_state_dict()"
+            )
+        load(saved)
+    elif current:
+        warnings.warn(
+            f"the checkpoint has no state for filter {name!r}, which keeps one ({sorted(current)}): it starts "
+            "from its initial state, so this run may keep other rows than an uninterrupted one",
+            FilterStateWarning,
+            stacklevel=2,
+        )
+    saved_adaptive = state.get("adaptive")
+    if adaptive is not None:
+        if saved_adaptive is None:
+            warnings.warn(
+                "the checkpoint has no adaptive-k window: it starts empty, so k may differ from an uninterrupted run",
+                FilterStateWarning,
+                stacklevel=2,
+            )
+        else:
+            adaptive.load_state_dict(saved_adaptive)
+    elif saved_adaptive is not None:
+        warnings.warn(
+            "the checkpoint holds an adaptive-k window, but this run has no adaptive k: the window is ignored",
+            FilterStateWarning,
+            stacklevel=2,
+        )
+
+
+def _state_of(filter_fn: Any) -> dict[str, Any]:
+    get = getattr(filter_fn, "state_dict", None)
+    return dict(get()) if callable(get) else {}
+
+
 @dataclass
 class GFPOStepResult:
     """What :func:`gfpo_step` decided for one batch; every array is ``(n_groups, G)`` unless noted."""
@@ -114,7 +210,7 @@ class GFPOStepResult:
     buckets: np.ndarray | None = None  # (n_groups,) adaptive-k bucket, -1 for groups with no reward
     metrics: dict[str, float] = field(default_factory=dict)
     top: np.ndarray | None = None  # the filter's own top k, before keep_signal
-    signal: np.ndarray | None = None  # (n_groups,) the rewards the advantages standardise take two values
+    signal: np.ndarray | None = None  # (n_groups,) some advantage is not 0 (the group trains on something)
 
 
 def group_rows(rows: Sequence[Any], group_size: int) -> list[list[Any]]:
@@ -169,6 +265,7 @@ def gfpo_step(
     sync_scores: Callable[[np.ndarray], np.ndarray] | None = None,
     filter_kwargs: Sequence[str] | None = None,
     keep_signal: bool | str = False,
+    row_multiple: int = 1,
 ) -> GFPOStepResult:
     """Score, select and compute GFPO advantages for a batch of ``n_groups`` groups of ``G``.
 
@@ -196,12 +293,24 @@ def gfpo_step(
     keep_signal:
         False (the paper), True (the default mode, ``"swap"``) or a mode of :data:`KEEP_SIGNAL`.
         Every mode is deterministic, so identical scores give identical rows on every process.
+    row_multiple:
+        Keep more completions until the batch's kept count is a multiple of this (an engine that
+        splits the kept rows into equal micro-batches needs no padding rows then); which rows are
+        added: :func:`gfpo_filters.selection.round_up_rows`. The advantages are standardised over
+        the final kept set; ``gfpo/rounding_rows`` counts the rows added.
     """
     mode = keep_signal_mode(keep_signal)
     rewards = np.asarray(rewards, dtype=np.float64)
     if rewards.ndim != 2:
         raise ValueError(f"rewards must have shape (n_groups, G), got {rewards.shape}")
     n_groups, g = rewards.shape
+    infinite = np.isinf(rewards)
+    if infinite.any():
+        i, j = map(int, np.argwhere(infinite)[0])
+        raise GroupInputError(
+            f"reward {rewards[i, j]} for group {i}, completion {j} is not a finite number; {int(infinite.sum())} "
+            "such reward(s) in this batch. Rewards must be finite, or NaN where a completion has no reward"
+        )
     if len(completions) != n_groups or any(len(c) != g for c in completions):
         raise ValueError(f"completions must be {n_groups} groups of {g}, matching rewards {rewards.shape}")
     if lengths is None:
@@ -229,10 +338,14 @@ def gfpo_step(
     filter_seconds = time.perf_counter() - start
     if sync_scores is not None:
         scores = np.asarray(sync_scores(scores), dtype=np.float64)
+    warn_bad_scores(scores, rewards, k_groups, filter_name(filter_fn))
+    warn_few_rewards(rewards, k_groups)
 
-    sel = select(scores, rewards, k_groups, lengths=lengths, keep_signal=mode, scale=scale)
+    sel = select(scores, rewards, k_groups, lengths=lengths, keep_signal=mode, scale=scale, row_multiple=row_multiple)
     kept, advantages = sel.kept, sel.advantages
-    metrics = selection_metrics(rewards, lengths, kept, k_groups, buckets, top=sel.top, signal=sel.signal)
+    metrics = selection_metrics(
+        rewards, lengths, kept, k_groups, buckets, top=sel.top, signal=sel.signal, added=sel.added
+    )
     metrics["gfpo/filter_seconds"] = filter_seconds
     return GFPOStepResult(scores, kept, advantages, k_groups, buckets, metrics, top=sel.top, signal=sel.signal)
 
@@ -244,7 +357,8 @@ class Selection:
     top: np.ndarray  # the filter's top k (missing rewards last), before keep_signal
     kept: np.ndarray  # the kept set after keep_signal
     advantages: np.ndarray  # GFPO advantages of the kept set
-    signal: np.ndarray  # (n_groups,): the rewards the advantages standardise take two values
+    signal: np.ndarray  # (n_groups,): some advantage is not 0 (selection.trains)
+    added: np.ndarray | None = None  # rows kept only to reach row_multiple
 
 
 def select(
@@ -255,16 +369,19 @@ def select(
     lengths: np.ndarray | None = None,
     keep_signal: bool | str = False,
     scale: str = "group",
+    row_multiple: int = 1,
 ) -> Selection:
     """Steps 4 to 6 of :func:`gfpo_step` on checked scores (the benchmark calls this too).
 
-    ``"swap_long"`` reads ``lengths``; without them it is ``"swap"``.
+    ``"swap_long"`` and ``"typical"`` read ``lengths``; without them ``"swap_long"`` is ``"swap"``, and
+    ``"typical"`` takes the low-reward side in the filter's order too. ``row_multiple``: see
+    :func:`gfpo_step`.
     """
     mode = keep_signal_mode(keep_signal)
     rewards = np.asarray(rewards, dtype=np.float64)
     valid = np.isfinite(rewards)
     rank = ranks(scores, valid)
-    top = rank < k_array(k, rewards.shape[0])[:, None]
+    top = (rank < k_array(k, rewards.shape[0])[:, None]) & valid  # a row without a reward trains on nothing
     kept = top
     if mode == "swap" or (mode == "swap_long" and lengths is None):
         kept = signal_swap(rank, top, rewards)
@@ -274,10 +391,62 @@ def select(
         kept = signal_swap(rank, top, rewards, prefer=np.where(rewards < level, -lengths, lengths))
     elif mode == "balanced":
         kept = balanced_mask(rank, rewards, k)
+    elif mode == "typical":
+        kept = typical_mask(rank, rewards, np.zeros(rewards.shape) if lengths is None else lengths, k)
+    chosen = kept
+    kept = round_up_rows(kept, rank, rewards, row_multiple)
     baseline = valid if mode == "group_baseline" else kept
     advantages = gfpo_advantages(rewards, kept, scale=scale, baseline=baseline)
-    signal = has_signal(rewards, baseline) & (kept & valid).any(axis=1)
-    return Selection(top, kept, advantages, signal)
+    signal = trains(advantages)
+    return Selection(top, kept, advantages, signal, added=kept & ~chosen)
+
+
+def _groups_text(groups: np.ndarray) -> str:
+    shown = groups[:10].tolist()
+    return f"{shown}"[:-1] + ", ...]" if groups.size > 10 else f"{shown}"
+
+
+def warn_bad_scores(scores: np.ndarray, rewards: np.ndarray, k: np.ndarray, name: str) -> None:
+    """A :class:`GFPOStepWarning` naming the filter when it gave NaN scores to completions that have a reward.
+
+    A group whose every such score is NaN keeps its first k completions with a reward, in sample
+    order (a uniformly random subset, as GRPO's rows are); elsewhere a NaN score ranks last.
+    """
+    valid = np.isfinite(rewards)
+    nan = np.isnan(scores) & valid
+    if not nan.any():
+        return
+    blind = valid.any(axis=1) & (nan == valid).all(axis=1)
+    parts = []
+    if blind.any():
+        k_text = str(int(k[blind][0])) if (k[blind] == k[blind][0]).all() else "k"
+        parts.append(
+            f"{int(blind.sum())} group(s) got only NaN scores (groups {_groups_text(np.flatnonzero(blind))}): "
+            f"they keep their first {k_text} completions with a reward, in sample order"
+        )
+    partial = nan & ~blind[:, None]
+    if partial.any():
+        i, j = map(int, np.argwhere(partial)[0])
+        parts.append(
+            f"{int(partial.sum())} NaN score(s) where the reward is known (first: group {i}, completion {j}) "
+            "rank below every number"
+        )
+    warnings.warn(f"filter {name!r}: " + "; ".join(parts), GFPOStepWarning, stacklevel=3)
+
+
+def warn_few_rewards(rewards: np.ndarray, k: np.ndarray) -> None:
+    """A :class:`GFPOStepWarning` with counts when groups know fewer rewards than k: they keep only those."""
+    known = np.isfinite(rewards).sum(axis=1)
+    few = known < k
+    if few.any():
+        groups = _groups_text(np.flatnonzero(few))
+        warnings.warn(
+            f"{int(few.sum())} group(s) have fewer known rewards than k (groups {groups}): only completions with a "
+            f"reward are kept there, {int(known[few].sum())} completion(s) kept instead of {int(k[few].sum())} "
+            "(a completion without a reward would cost a forward and backward pass for nothing)",
+            GFPOStepWarning,
+            stacklevel=3,
+        )
 
 
 def _k_per_group(k: Any, n_groups: int, g: int) -> np.ndarray:
@@ -306,14 +475,17 @@ def selection_metrics(
     buckets: np.ndarray | None = None,
     top: np.ndarray | None = None,
     signal: np.ndarray | None = None,
+    added: np.ndarray | None = None,
 ) -> dict[str, float]:
     """The ``gfpo/*`` metrics of one batch: what was kept against what was sampled.
 
-    ``top`` is the filter's own top k (before ``keep_signal``; default: ``kept``) and ``signal``
-    :attr:`Selection.signal` (default: not logged).
+    ``top`` is the filter's own top k (before ``keep_signal``; default: ``kept``), ``signal``
+    :attr:`Selection.signal` (default: not logged) and ``added`` the rows kept only to reach
+    ``row_multiple`` (default: none).
     """
     valid = np.isfinite(rewards)
     top = kept if top is None else top
+    added = np.zeros(kept.shape, dtype=bool) if added is None else np.asarray(added, dtype=bool)
     kept_valid = kept & valid
     nan = float("nan")
     metrics = {
@@ -329,7 +501,9 @@ def selection_metrics(
         "gfpo/frac_kept_zero_std_before": float((~has_signal(rewards, top)).mean()) if kept.size else nan,
         "gfpo/frac_group_zero_std": float((~has_signal(rewards, valid)).mean()) if kept.size else nan,
         # Completions keep_signal put in the kept set in place of one of the filter's top k.
-        "gfpo/keep_signal_swaps": float((kept & ~top).sum()),
+        "gfpo/keep_signal_swaps": float((kept & ~top & ~added).sum()),
+        # Completions kept only to make the batch's kept count a multiple of row_multiple.
+        "gfpo/rounding_rows": float(added.sum()),
         "gfpo/missing_reward_frac": float((~valid).mean()) if valid.size else nan,
     }
     if signal is not None:

@@ -31,6 +31,7 @@ The properties are listed in :data:`CHECKS`. Timings are reported, never asserte
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 import warnings
@@ -708,6 +709,41 @@ def _check_no_mutation(subject: Subject, seed: int) -> None:
                     f"argument {key} was modified by the call: before {_short(before[key], 200)}, after {_short(kwargs[key], 200)}",  # noqa: E501
                     case,
                 )
+
+
+@_check(
+    "state",
+    "state_dict() is a JSON-serialisable dict; a fresh instance that loads it scores the next batch as the original",  # noqa: E501
+)
+def _check_state(subject: Subject, seed: int) -> None:
+    case = generate_case(seed, n_groups=4, group_size=6, rewards="mixed", missing=0.1)
+    first = subject.make()
+    try:
+        _call(first, case)  # let any state move on
+        state = first.state_dict()
+    except Exception as e:  # noqa: BLE001
+        raise _Broken(_crash(e), case) from None
+    if not isinstance(state, dict):
+        raise _Broken(f"state_dict() returned a {type(state).__name__}, not a dict")
+    try:
+        text = json.dumps(state)
+    except (TypeError, ValueError) as e:
+        raise _Broken(f"state_dict() is not JSON-serialisable ({e}); checkpoints store it as JSON") from None
+    try:
+        fresh = subject.make()
+        fresh.load_state_dict(json.loads(text))
+        a, b = np.array(_call(first, case)), np.array(_call(fresh, case))
+    except Exception as e:  # noqa: BLE001
+        raise _Broken(_crash(e), case) from None
+    diff = (ranks(a) != ranks(b)).any(axis=1) | ~np.isclose(a, b, rtol=1e-6, atol=1e-12, equal_nan=True).all(axis=1)
+    if diff.any():
+        i = int(np.argmax(diff))
+        raise _Broken(
+            f"after load_state_dict(state_dict()), a fresh instance scores group {i} as {b[i].tolist()} but the "
+            f"original as {a[i].tolist()}: a resumed run would keep other rows. Return from state_dict() "
+            "everything that changes as the filter scores (e.g. a generator's bit_generator.state)",
+            case,
+        )
 
 
 SPEED_LOG: list[dict[str, Any]] = []  # every speed measurement of this process (the pytest plugin prints it)

@@ -8,6 +8,9 @@ A randomly initialised policy stops after about 28 letters on average, so a long
 more likely to contain an ``x``: GRPO's advantage rewards length and completions grow towards the
 cap. A length-aware group filter (``token_efficiency``, ``length``) keeps the short completions
 that found an ``x`` and holds the length down. Used by ``gfpo-filters demo`` and the trainer tests.
+
+:data:`TASKS` is a family of rewards on the same prompts and policy, for benchmarks/effect.py
+(docs/effect.md): the demo's task and two that expose different failures of a length filter.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import string
 from typing import Any
 
 TARGET = "x"
+#: Letters a completion needs for the ``long_x`` task.
+MIN_LETTERS = 20
 LETTERS = string.ascii_lowercase
 PAD, EOS = "<pad>", "<eos>"
 
@@ -75,3 +80,36 @@ def build_dataset(n_prompts: int = 64, seed: int = 0):
 def contains_target(completions: list[Any], **kwargs: Any) -> list[float]:
     """Reward function: 1.0 if the completion contains the target letter, else 0.0."""
     return [1.0 if TARGET in (c if isinstance(c, str) else c[0]["content"]) else 0.0 for c in completions]
+
+
+def _text(completion: Any) -> str:
+    return completion if isinstance(completion, str) else completion[0]["content"]
+
+
+def prompt_target(prompt: str) -> str:
+    """The target letter of a prompt in the ``prompt_letter`` task: a fixed hash of its letters."""
+    return LETTERS[sum(LETTERS.index(c) for c in prompt if c in LETTERS) % len(LETTERS)]
+
+
+def contains_prompt_target(completions: list[Any], prompts: list[Any], **kwargs: Any) -> list[float]:
+    """Reward function: 1.0 if the completion contains its prompt's target letter (:func:`prompt_target`)."""
+    return [1.0 if prompt_target(_text(p)) in _text(c) else 0.0 for p, c in zip(prompts, completions)]
+
+
+def long_with_target(completions: list[Any], **kwargs: Any) -> list[float]:
+    """Reward function: 1.0 if the completion contains the target letter and has at least ``MIN_LETTERS`` letters."""
+    return [1.0 if TARGET in (t := _text(c)) and len(t) >= MIN_LETTERS else 0.0 for c in completions]
+
+
+#: The toy task family: name -> (TRL reward function, what it asks). Random policies start at 0.3 to 0.55.
+TASKS = {
+    "x": (contains_target, "contains an 'x' (the demo's task: learned almost at once)"),
+    "prompt_letter": (
+        contains_prompt_target,
+        "contains the prompt's own target letter, a fixed hash of the prompt (slow to learn)",
+    ),
+    "long_x": (
+        long_with_target,
+        f"contains an 'x' and has at least {MIN_LETTERS} letters (a correct answer needs more tokens)",
+    ),
+}

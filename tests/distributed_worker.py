@@ -27,7 +27,6 @@ from tests.trainer_utils import (  # noqa: E402
     Recorder,
     capture_batches,
     decode_rows,
-    recorded_step,
     tiny_args,
     tiny_parts,
 )
@@ -94,51 +93,49 @@ def main(out_dir: str, keep_signal: bool = False) -> None:
     assert trainer.accelerator.num_processes == 2, "expected two processes"
     batches = capture_batches(trainer)
     trainer.train()
-    steps = []
-    for (groups, rewards), batch in zip(filt.calls, batches):
-        real = batch["completion_mask"].sum(dim=1) > 0
-        texts = decode_rows(batch, trainer.processing_class)
-        rows = [[t, round(float(a), 5)] for t, a, r in zip(texts, batch["advantages"].tolist(), real.tolist()) if r]
-        steps.append(
-            {
-                "groups": groups,
-                "kept": [hand_kept(row, keep_signal) for row in rewards],
-                "advantages": [hand_advantages(row, hand_kept(row, keep_signal)) for row in rewards],
-                "rows": rows,
-            }
-        )
-    swaps = [log["gfpo/keep_signal_swaps"] for log in trainer.state.log_history if "gfpo/keep_signal_swaps" in log]
     rank = trainer.accelerator.process_index
-    Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"steps": steps, "swaps": swaps}))
+    steps = []
+    for i, batch in enumerate(batches):
+        texts = decode_rows(batch, trainer.processing_class)
+        step = {"rows": [[t, round(float(a), 5)] for t, a in zip(texts, batch["advantages"].tolist())]}
+        if rank == 0:  # only process 0 runs the filter; the others train its decision
+            groups, rewards = filt.calls[i]
+            kept = [hand_kept(row, keep_signal) for row in rewards]
+            step.update(groups=groups, kept=kept, advantages=[hand_advantages(r, k) for r, k in zip(rewards, kept)])
+        steps.append(step)
+    swaps = [log["gfpo/keep_signal_swaps"] for log in trainer.state.log_history if "gfpo/keep_signal_swaps" in log]
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"steps": steps, "swaps": swaps, "calls": len(filt.calls)}))
 
 
-def padding(out_dir: str) -> None:
-    """MODE ``padding``: per loss type, one step in which 9 kept rows are shared 5 + 4 (process 1 pads one row).
+def exact(out_dir: str, cases: str = "") -> None:
+    """MODE ``exact``: the exactness matrix on two processes (``cases``: ``loss:feature,...``, default: all).
 
-    Each process saves its micro-batches, their losses, the gradient after DDP's average, and its padding rows to
-    OUT_DIR/{loss_type}-rank{N}.pt; the test compares them with TRL's loss on the kept rows without padding.
+    Each process saves, per case, to OUT_DIR/{loss}-{feature}-rank{N}.pt: the GFPO run's and the reference
+    GRPOTrainer's gradients (after DDP's average), losses and final parameters, the micro-batches it trained, the
+    batches GFPO trained and the reference batches (see ``trainer_utils.exact_case``).
     """
-    for loss_type, settings in LOSS_TYPES.items():
-        trainer, step, batches = recorded_step(
-            out_dir,
-            per_device_train_batch_size=6,  # 12 rows = 3 groups of 4, each split over both processes
-            loss_type=loss_type,
-            max_grad_norm=0.0,
-            ddp_backend="gloo",
-            **settings,
-        )
-        rank = trainer.accelerator.process_index
-        torch.save(
-            {
-                "micro_batches": [
-                    {k: v.cpu() if torch.is_tensor(v) else v for k, v in b.items()} for b in step.micro_batches
-                ],
-                "losses": step.losses,
-                "grads": {k: v.cpu() for k, v in step.grads.items()},
-                "padding_rows": int((batches[0]["completion_mask"].sum(dim=1) == 0).sum()),
-            },
-            Path(out_dir, f"{loss_type}-rank{rank}.pt"),
-        )
+    from tests.trainer_utils import EXACT_FEATURES, exact_case, exact_features
+
+    def gather(obj):
+        out = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    chosen = (
+        [c.split(":") for c in cases.split(",")]
+        if cases
+        else [(loss, feature) for loss in LOSS_TYPES for feature in exact_features()]
+    )
+    rank = int(os.environ["RANK"])  # (the process group starts with the first trainer)
+    for loss_type, feature in chosen:
+        try:
+            # 10 rows per process: the group of rows 8 to 11 straddles both, so kept rows move between them.
+            own = "per_device_train_batch_size" in EXACT_FEATURES[feature]
+            split = {} if own else {"per_device_train_batch_size": 5}
+            case = exact_case(out_dir, loss_type, feature, gather=gather, ddp_backend="gloo", **split)
+        except ValueError as e:  # a refusal both processes reach (the adapter before issue 16 had some): a result
+            case = {"error": f"{type(e).__name__}: {e}"}
+        torch.save(case, Path(out_dir, f"{loss_type}-{feature}-rank{rank}.pt"))
 
 
 def feature_runs() -> tuple[str, ...]:
@@ -197,6 +194,13 @@ def features(out_dir: str) -> None:
             return original(output, *rest)
 
         trainer._filter_batch = wrapped
+        decisions, log_selection = [], trainer._log_selection
+
+        def logged(result, n_total, decisions=decisions, log_selection=log_selection):
+            decisions.append(result.kept.copy())
+            return log_selection(result, n_total)
+
+        trainer._log_selection = logged
         batches = capture_batches(trainer)
         trainer.train()
         rank = trainer.accelerator.process_index
@@ -218,17 +222,21 @@ def features(out_dir: str) -> None:
                 out.append(row)
             return out
 
-        call = spy.calls[0]
-        scores = np.asarray(spy.inner(group_completions=call["group_completions"], group_rewards=call["group_rewards"],
-                                      completion_lengths=call["completion_lengths"]))  # fmt: skip
-        kept = topk_mask(scores, 3, valid=np.isfinite(np.asarray(call["group_rewards"], dtype=float)))
+        top = None
+        if spy.calls:  # process 0 only: the filter's own top k
+            call = spy.calls[0]
+            scores = np.asarray(spy.inner(group_completions=call["group_completions"],
+                                          group_rewards=call["group_rewards"],
+                                          completion_lengths=call["completion_lengths"]))  # fmt: skip
+            top = topk_mask(scores, 3, valid=np.isfinite(np.asarray(call["group_rewards"], dtype=float))).tolist()
         Path(out_dir, f"{run}-rank{rank}.json").write_text(
             json.dumps(
                 {
                     "generated": rows(seen[0]),
-                    "kept": kept.tolist(),
+                    "top": top,
+                    "kept": decisions[0].tolist(),
+                    "lengths": [call["completion_lengths"].tolist() if spy.calls else None],
                     "trained": rows(batches[0]),
-                    "padding_rows": int((batches[0]["completion_mask"].sum(dim=1) == 0).sum()),
                     "batch_rows": len(batches[0]["advantages"]),
                 }
             )
@@ -238,8 +246,8 @@ def features(out_dir: str) -> None:
 if __name__ == "__main__":
     torch.set_num_threads(1)
     modes = {"selection": main, "keep_signal": lambda out: main(out, keep_signal=True)}
-    modes.update(padding=padding, features=features)
-    modes[sys.argv[2] if len(sys.argv) > 2 else "selection"](sys.argv[1])
+    modes.update(exact=exact, features=features)
+    modes[sys.argv[2] if len(sys.argv) > 2 else "selection"](sys.argv[1], *sys.argv[3:])
     # The work is done and written. Tear the process group down and leave without the interpreter's shutdown:
     # there, torch's C++ destructors sometimes abort a process under load ("terminate called without an active
     # exception", exit code -6) after its work is done, failing the run for nothing the test checks.

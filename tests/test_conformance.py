@@ -182,6 +182,17 @@ class SmallBatchesOnly(_Base):
         return super().score(groups)
 
 
+class ForgetsItsGenerator(_Base):
+    deterministic = False
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+
+    def score(self, groups):  # draws on with every call, but state_dict() does not save the generator
+        return self._rng.random(groups.shape)
+
+
 class MissingLast(_Base):
     """Correct filter used to show a check passes: ranks by reward."""
 
@@ -205,6 +216,7 @@ BROKEN = [
     (CountsMessages, "message_completions", "ranked differently as messages"),
     (StrictSignature, "extra_kwargs", "unexpected keyword argument"),
     (SortsRewardsInPlace, "no_mutation", "argument group_rewards was modified"),
+    (ForgetsItsGenerator, "state", "a fresh instance scores group 0 as"),
     (SmallBatchesOnly, "speed", "MemoryError: pretend the batch does not fit"),
 ]
 
@@ -272,10 +284,10 @@ def test_check_filter_lists_every_failure_and_report_on_success():
     message = str(info.value)
     # Empty strings are in the inputs of empty_strings, and of no_mutation (which then reports the crash).
     assert info.value.check == "empty_strings,no_mutation"
-    assert message.startswith("2 of 12 conformance checks failed for broken():")
+    assert message.startswith("2 of 13 conformance checks failed for broken():")
     assert "breaks 'empty_strings'" in message and "breaks 'no_mutation'" in message
     report = check_filter(_Base)
-    assert report.passed == list(CHECKS) and str(report).startswith("broken(): 12 checks passed; ")
+    assert report.passed == list(CHECKS) and str(report).startswith("broken(): 13 checks passed; ")
 
 
 def test_subjects_names_classes_and_instances():

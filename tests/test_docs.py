@@ -71,7 +71,7 @@ def test_ci_runs_the_readme_commands():
     readme = (REPO / "README.md").read_text()
     ci = (REPO / ".ci" / "run").read_text()
     commands = re.findall(r"```bash\n(python3 -m venv .*?)\n```", readme)
-    assert len(commands) == 5  # demo, tests, tests on TRL 1.7.1, tests on verl, lint
+    assert len(commands) == 6  # demo, tests, tests on TRL 1.7.1, tests on verl, tests with vLLM, lint
     assert commands[0].endswith("gfpo-filters demo")
     for command in commands[1:]:
         assert command in ci, f".ci/run does not run the README command: {command}"

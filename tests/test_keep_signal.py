@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
 
-from gfpo_filters import load_filter
-from gfpo_filters.selection import balanced_mask, gfpo_advantages, ranks, signal_swap
+from gfpo_filters import GFPOStepWarning, load_filter
+from gfpo_filters.selection import balanced_mask, gfpo_advantages, ranks, signal_swap, typical_mask
 from gfpo_filters.step import KEEP_SIGNAL, gfpo_step, keep_signal_mode
 
 NAN = float("nan")
@@ -74,20 +75,24 @@ def test_missing_rewards_are_never_swapped_in_and_k_stays(mode):
     rewards = [[1, 1, 1, NAN, NAN, 1]]
     result = step(rewards, [[1, 2, 3, 4, 5, 6]], 2, mode, "length")
     assert kept_rows(result) == [[0, 1]] and result.metrics["gfpo/keep_signal_swaps"] == 0
-    # Fewer known rewards than k: every known one is kept, the rest filled in the filter's order.
+    # Fewer known rewards than k: every known one is kept and nothing else (a missing reward trains on nothing).
     rewards = [[NAN, 1, NAN, NAN, 0, NAN]]
-    result = step(rewards, [[1, 2, 3, 4, 5, 6]], 3, mode, "length")
-    assert kept_rows(result) == [[0, 1, 4]]
+    with pytest.warns(GFPOStepWarning, match="fewer known rewards than k"):
+        result = step(rewards, [[1, 2, 3, 4, 5, 6]], 3, mode, "length")
+    assert kept_rows(result) == [[1, 4]]
 
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("k", [2, 3, 5])
-def test_kept_count_stays_k_on_random_batches(mode, k):
+def test_kept_count_is_k_or_every_known_reward_on_random_batches(mode, k):
     rng = np.random.default_rng(k)
     rewards = rng.integers(0, 2, (50, 6)).astype(float)
     rewards[rng.random(rewards.shape) < 0.1] = NAN
-    result = step(rewards, rng.integers(1, 100, (50, 6)), k, mode)
-    assert (result.kept.sum(axis=1) == k).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GFPOStepWarning)  # groups with fewer known rewards than k
+        result = step(rewards, rng.integers(1, 100, (50, 6)), k, mode)
+    assert (result.kept.sum(axis=1) == np.minimum(k, np.isfinite(rewards).sum(axis=1))).all()
+    assert not (result.kept & np.isnan(rewards)).any()
     # Every group whose known rewards differ keeps a signal (some advantage is not 0).
     group_signal = np.nanmax(rewards, axis=1) > np.nanmin(rewards, axis=1)
     no_signal = ~(result.advantages != 0).any(axis=1)
@@ -127,6 +132,64 @@ def test_balanced_keeps_half_of_each_level_in_the_filters_order():
     # Max variance of 4 from {1 x5, 0 x3}: two of each. Correct, shortest first: 7, 0. Wrong, longest first: 6, 5.
     assert kept_rows(result) == [[0, 5, 6, 7]]
     assert result.metrics["gfpo/keep_signal_swaps"] == 2  # top 4 was 7, 0, 1, 2
+
+
+def test_typical_keeps_the_filters_best_correct_and_wrong_answers_of_typical_length():
+    rewards = [[1, 1, 1, 0, 0, 0, 0, 0]]
+    lengths = [[10, 20, 30, 8, 22, 24, 60, 70]]
+    result = step(rewards, lengths, 4, "typical")
+    # Correct, shortest first (token_efficiency): 0, 1. Wrong lengths 8, 22, 24, 60, 70: median 24 -> 5 (24), 4 (22).
+    assert kept_rows(result) == [[0, 1, 4, 5]]
+    a = 0.5 / (0.5 + 1e-4)
+    np.testing.assert_allclose(result.advantages, [[a, a, 0, 0, -a, -a, 0, 0]])
+    # swap and balanced pair the short correct answers with the longest wrong ones instead.
+    assert kept_rows(step(rewards, lengths, 4, "swap")) == [[0, 1, 2, 7]]
+    assert kept_rows(step(rewards, lengths, 4, "balanced")) == [[0, 1, 6, 7]]
+    assert result.metrics["gfpo/keep_signal_swaps"] == 2  # top 4 was 0, 1, 2, 7
+
+
+def test_typical_breaks_length_ties_in_the_filters_order():
+    # Wrong lengths 8, 22, 60, 70: median 41; 22 and 60 are both 19 away. k = 3: two correct, one wrong.
+    rewards = [[1, 1, 1, 0, 0, 0, 0]]
+    lengths = [[10, 20, 30, 8, 22, 60, 70]]
+    assert kept_rows(step(rewards, lengths, 3, "typical")) == [[0, 1, 5]]  # token_efficiency: longer wrong first
+    assert kept_rows(step(rewards, lengths, 3, "typical", "length")) == [[0, 1, 4]]  # length: shorter first
+
+
+def test_typical_counts_when_one_side_is_short():
+    lengths = [[10, 20, 30, 40, 50, 60]]
+    # One correct answer (3): it and the 3 wrong answers nearest the wrong ones' median length 30 (ties: longer first).
+    assert kept_rows(step([[0, 0, 0, 1, 0, 0]], lengths, 4, "typical")) == [[1, 2, 3, 4]]
+    # One wrong answer (5): it and the 3 shortest correct ones.
+    assert kept_rows(step([[1, 1, 1, 1, 1, 0]], lengths, 4, "typical")) == [[0, 1, 2, 5]]
+
+
+def test_typical_with_scalar_rewards_splits_at_the_groups_mean():
+    # Mean 2.3 / 6: above it 0, 1, 4; at or below it 2, 3, 5 (lengths 5, 40, 50: median 40 -> 3, then 5).
+    rewards = [[0.9, 0.5, 0.2, 0.1, 0.6, 0.0]]
+    lengths = [[30, 10, 5, 40, 20, 50]]
+    result = step(rewards, lengths, 4, "typical", "length")
+    assert kept_rows(result) == [[1, 3, 4, 5]]  # the two shortest above the mean: 1, 4
+    np.testing.assert_allclose(
+        result.advantages[0][[1, 3, 4, 5]], gfpo_advantages(np.array([[0.5, 0.1, 0.6, 0.0]]), np.ones((1, 4), bool))[0]
+    )
+
+
+def test_typical_never_keeps_a_missing_reward_of_typical_length():
+    # 4 has the wrong answers' median length (30) but no reward: it ranks nowhere.
+    rewards = [[1, 1, 0, 0, NAN, 0]]
+    lengths = [[5, 6, 10, 30, 30, 50]]
+    assert kept_rows(step(rewards, lengths, 4, "typical")) == [[0, 1, 3, 5]]
+
+
+def test_typical_without_lengths_keeps_each_side_in_the_filters_order():
+    from gfpo_filters.step import select
+
+    scores = np.array([[6.0, 5, 4, 3, 2, 1]])
+    rewards = np.array([[1.0, 1, 1, 0, 0, 0]])
+    assert select(scores, rewards, 4, keep_signal="typical").kept.tolist() == [[True, True, False, True, True, False]]
+    rank = ranks(scores)
+    assert typical_mask(rank, rewards, np.zeros((1, 6)), 2).tolist() == [[True, False, False, True, False, False]]
 
 
 def test_swap_long_without_lengths_is_swap():

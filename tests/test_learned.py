@@ -658,3 +658,19 @@ def test_cuda_scores_match_cpu(trained):
     assert f._scorer.device.type == "cuda"
     np.testing.assert_allclose(f(groups, [[1, 1, 1]]), cpu, rtol=1e-5)
     assert f(groups, [[1, 1, 1]]) == f(groups, [[1, 1, 1]])
+
+
+def test_the_state_identifies_the_checkpoint_so_a_resume_with_another_one_is_refused(trained, tmp_path):
+    from gfpo_filters import FilterStateError
+    from gfpo_filters.step import filter_state, load_filter_state
+
+    _, path = trained
+    saved = json.loads(json.dumps(filter_state(load_filter("learned", checkpoint=path, device="cpu"))))
+    assert saved["filter_state"]["model"] == f"checkpoint {path}"
+    copy = tmp_path / "same.pt"
+    copy.write_bytes(path.read_bytes())
+    load_filter_state(load_filter("learned", checkpoint=copy, device="cpu"), None, saved)  # same weights, other path
+    other = tmp_path / "other.pt"
+    fit(*flat(synthetic(40, seed=1))).scorer.save(other)
+    with pytest.raises(FilterStateError, match=r"saved with model 'checkpoint .*scorer.pt' .* this run scores with"):
+        load_filter_state(load_filter("learned", checkpoint=other, device="cpu"), None, saved)

@@ -7,10 +7,11 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("trl")
 
-from gfpo_filters import FilterOutputError, UnknownFilterError  # noqa: E402
+from gfpo_filters import FilterOutputError, UnknownFilterError, load_filter  # noqa: E402
 from gfpo_filters.adaptive import AdaptiveK  # noqa: E402
 from gfpo_filters.trainer import GFPOTrainer  # noqa: E402
 from tests.trainer_utils import (  # noqa: E402
@@ -156,8 +157,9 @@ def test_loss_normalizer_all_needs_a_token_sum_loss(tmp_path):
         tiny_args(str(tmp_path), gfpo_loss_normalizer="all", loss_type="grpo")
 
 
-def test_padding_rows_make_micro_batches_equal(tmp_path):
-    # 3 groups x k=3 = 9 kept rows split over steps_per_generation=2 micro-batches -> one padding row.
+def test_kept_rows_fill_equal_micro_batches_without_padding(tmp_path):
+    # 3 groups x k=3 = 9 kept rows over steps_per_generation=2 micro-batches: the step keeps one more (the best
+    # ranked of the rest), so 10 real rows split 5 + 5; no row has an empty completion mask.
     recorder = Recorder()
     trainer = make(
         tmp_path,
@@ -170,9 +172,10 @@ def test_padding_rows_make_micro_batches_equal(tmp_path):
     batches = capture_batches(trainer)
     trainer.train()
     batch = batches[0]
-    assert len(batch["advantages"]) == 10
-    pad = batch["completion_mask"].sum(dim=1) == 0
-    assert int(pad.sum()) >= 1 and batch["advantages"][pad].abs().sum() == 0
+    assert len(batch["advantages"]) == 10 and (batch["completion_mask"].sum(dim=1) > 0).all()
+    logged = trainer.state.log_history[0]
+    assert logged["gfpo/rounding_rows"] == 1.0 and logged["gfpo/kept_fraction"] == pytest.approx(10 / 12)
+    assert "gfpo/padding_rows" not in logged
 
 
 def test_evaluation_is_unfiltered(tmp_path):
@@ -208,6 +211,7 @@ def test_adaptive_buckets_by_hand():
 def test_adaptive_assign_warmup_window_and_missing():
     a = AdaptiveK([8, 8, 6, 4], warmup_k=5, warmup_steps=2, window=4)
     rewards = np.array([[0, 0, 0, 0], [1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1], [np.nan] * 4])
+    rewards = np.repeat(rewards, 2, axis=1)  # G = 8: k_map's 8 must fit in a group
     k, buckets = a.assign(rewards, step=0)
     assert k.tolist() == [5] * 5  # warm-up
     assert buckets.tolist() == [0, 1, 2, 3, -1] and len(a) == 4  # the missing group is not in the window
@@ -245,7 +249,8 @@ def test_adaptive_k_through_a_training_step_and_resume(tmp_path):
 
     resumed = make(
         tmp_path,
-        "length",
+        CheckingFilter(recorder := Recorder(), 4),
+        reward_funcs=[recorder],
         num_generations=4,
         num_remains_in_group=2,
         adaptive_k=[4, 3, 3, 2],
@@ -254,6 +259,72 @@ def test_adaptive_k_through_a_training_step_and_resume(tmp_path):
     )
     resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
     assert list(resumed._adaptive._values)[:6] == state["values"]
+
+
+class LengthScorer(torch.nn.Module):
+    """A learned filter's model: a one-weight linear score of the completion's length (prefers the short)."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(1, 1)
+        with torch.no_grad():
+            self.linear.weight.fill_(-1.0)
+            self.linear.bias.fill_(0.5)
+
+    def forward(self, batch):
+        return self.linear(batch.lengths.float()[:, None])
+
+
+def kept_per_step(trainer) -> list[list[list[bool]]]:
+    """Record the kept mask of every generation batch (process 0's decision)."""
+    kept, original = [], trainer._log_selection
+
+    def logged(result, n_total):
+        kept.append(result.kept.tolist())
+        return original(result, n_total)
+
+    trainer._log_selection = logged
+    return kept
+
+
+RESUMABLE = {
+    "random": (lambda: "random", {}),
+    "adaptive": (lambda: "length", {"adaptive_k": [3, 3, 2, 2], "adaptive_warmup_steps": 1, "adaptive_window": 8}),
+    "learned": (lambda: load_filter("learned", model=LengthScorer()), {}),
+}
+
+
+@pytest.mark.parametrize("name", list(RESUMABLE))
+def test_a_resumed_run_keeps_the_rows_of_an_uninterrupted_one(tmp_path, name):
+    """Steps 3 and 4 of a run resumed from its step-2 checkpoint keep the rows the uninterrupted run kept: the
+    filter's state (random's generator, learned's model check) and the adaptive-k window travel in gfpo_state.json."""
+    make_filter, config = RESUMABLE[name]
+    config = dict(num_remains_in_group=3, max_steps=4, **config)
+    full = make(tmp_path, make_filter(), save_strategy="steps", save_steps=2, **config)
+    kept = kept_per_step(full)
+    full.train()
+    assert len(kept) == 4
+    state = json.loads((tmp_path / "checkpoint-2" / "gfpo_state.json").read_text())
+    assert state["filter"] == ("learned" if name == "learned" else make_filter())
+    resumed = make(tmp_path / "resumed", make_filter(), **config)
+    again = kept_per_step(resumed)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    assert again == kept[2:]
+    if name == "random":
+        assert kept[2] != kept[0]  # the generator moved on: a fresh one would repeat step 1's choice
+    if name == "adaptive":
+        assert len(state["adaptive"]["values"]) == 6
+
+
+def test_a_checkpoint_without_filter_state_is_named(tmp_path):
+    from gfpo_filters.errors import FilterStateWarning
+
+    full = make(tmp_path, "random", num_remains_in_group=3, max_steps=2, save_strategy="steps", save_steps=2)
+    full.train()
+    (tmp_path / "checkpoint-2" / "gfpo_state.json").unlink()
+    resumed = make(tmp_path / "resumed", "random", num_remains_in_group=3, max_steps=3)
+    with pytest.warns(FilterStateWarning, match="no state for filter 'random'"):
+        resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
 
 
 # ---------------------------------------------------------------------- configuration errors
@@ -318,8 +389,8 @@ def test_two_processes_agree_and_train_each_kept_row_once(tmp_path, mode):
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for step in range(len(ranks[0]["steps"])):
         a, b = ranks[0]["steps"][step], ranks[1]["steps"][step]
-        # Both processes computed the same selection and saw the same groups.
-        assert a["kept"] == b["kept"] and a["groups"] == b["groups"]
+        # Process 0 ran the filter and decided; process 1 trained its decision without calling the filter.
+        assert "kept" not in b
         groups, kept = a["groups"], a["kept"]
         expected = sorted(
             (groups[i][j], round(adv, 5))
@@ -341,3 +412,4 @@ def test_two_processes_agree_and_train_each_kept_row_once(tmp_path, mode):
             [-3 * a, a, a, a], abs=1e-4
         )
         assert ranks[0]["swaps"] == ranks[1]["swaps"] == [1.0, 1.0]
+    assert ranks[0]["calls"] == 2 and ranks[1]["calls"] == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -339,6 +340,53 @@ def test_tools_multi_turn(tmp_path):
     assert logged["tools/call_frequency"] == pytest.approx(3 / 4)
 
 
+def spell(word: str) -> str:
+    """
+    Spell a word out, ten times.
+
+    Args:
+        word: The word to spell.
+
+    Returns:
+        The word's letters, ten times over.
+    """
+    return " ".join(word) * 10
+
+
+def test_lengths_count_only_the_tokens_the_policy_wrote(tmp_path):
+    """A completion's length is its loss mask (completion mask x tool mask): tool output is not the policy's."""
+    if "tools" not in inspect.signature(GRPOTrainer.__init__).parameters:
+        pytest.skip("this TRL has no tool calling")
+    from tests.trainer_utils import ScriptedGenerate, build_chat_model, build_chat_tokenizer
+
+    # Row 0 calls a tool whose answer is long; rows 1 and 2 write long answers themselves; row 3 a short one.
+    turns = [tool_call("spell", word="abcdefgh"), "x" * 90 + "<|im_end|>", "y" * 100 + "<|im_end|>", "Short.<|im_end|>"]
+    tokenizer = build_chat_tokenizer()
+    spy = Spy("length")
+    trainer = GFPOTrainer(
+        model=build_chat_model(tokenizer), processing_class=tokenizer, train_dataset=chat_dataset(),
+        args=tiny_args(str(tmp_path), per_device_train_batch_size=8, num_generations=4, num_remains_in_group=2,
+                       max_completion_length=512),
+        reward_funcs=[lambda completions, **kw: [reward_of(c[-1]["content"]) for c in completions]], tools=[spell],
+        group_filter_func=spy,
+    )  # fmt: skip
+    trainer.model.generate = ScriptedGenerate(tokenizer, turns)
+    before, after = unfiltered_batches(trainer), capture_batches(trainer)
+    trainer.train()
+
+    batch = before[0]
+    policy = (batch["completion_mask"] * batch["tool_mask"]).sum(dim=1).reshape(2, 4)
+    written = batch["completion_mask"].sum(dim=1).reshape(2, 4)
+    assert (written[:, 0] > written[:, 2]).all() and (policy[:, 0] < policy[:, 1]).all()  # the case at stake
+    np.testing.assert_array_equal(np.asarray(spy.calls[0]["completion_lengths"]), policy.numpy())
+    # The length filter keeps the tool call (short in policy tokens) and the short answer, not the long answers.
+    kept = after[0]["completion_mask"].sum(dim=1).tolist()
+    assert sorted(kept) == sorted(written[:, [0, 3]].reshape(-1).tolist())
+    logged = trainer.state.log_history[0]
+    assert logged["gfpo/all_length_mean"] == pytest.approx(float(policy.float().mean()))
+    assert logged["gfpo/kept_length_mean"] == pytest.approx(float(policy[:, [0, 3]].float().mean()))
+
+
 class CounterEnvironment:
     """An environment with a tool, as in TRL's tests."""
 
@@ -520,14 +568,17 @@ def test_tools_and_images_are_redistributed_on_two_processes(tmp_path):
     run_two_processes(tmp_path, "features")
     for run in feature_runs():  # tools, and a tiny LLaVA on TRL >= 1.8
         ranks = [json.loads((tmp_path / f"{run}-rank{r}.json").read_text()) for r in range(2)]
-        assert ranks[0]["kept"] == ranks[1]["kept"]
+        assert ranks[0]["kept"] == ranks[1]["kept"] and ranks[1]["top"] is None  # process 0 decided for both
         generated = ranks[0]["generated"] + ranks[1]["generated"]  # global row order: process 0, then 1
         kept = [row for row, k in zip(generated, sum(ranks[0]["kept"], [])) if k]
         trained = ranks[0]["trained"] + ranks[1]["trained"]
         key = lambda r: json.dumps(r, sort_keys=True)  # noqa: E731
-        # Every kept row is trained exactly once, with its own tool mask and image, on one of the processes.
-        assert sorted(map(key, trained)) == sorted(map(key, kept)) and len(kept) == 9
-        assert [r["batch_rows"] for r in ranks] == [5, 5] and [r["padding_rows"] for r in ranks] == [0, 1]
+        # Every kept row is trained exactly once, with its own tool mask and image, on one of the processes: the
+        # filter's 3 x 3 and one more, so that both processes train 5 rows and none is padding.
+        assert sorted(map(key, trained)) == sorted(map(key, kept)) and len(kept) == 10
+        top = np.array(ranks[0]["top"])
+        assert (np.array(ranks[0]["kept"]) >= top).all() and top.sum() == 9
+        assert [r["batch_rows"] for r in ranks] == [5, 5]
         if run == "tools":
             assert any(0 in r["tool_mask"] for r in trained)  # some kept rows hold tool responses
         else:
@@ -621,7 +672,8 @@ def test_qwen_vl_layout_images_and_token_types_follow_their_rows(tmp_path):
         "mm_token_type_ids": torch.cat([torch.ones(n, prompt_width, dtype=torch.long), completion_mask * 0], dim=1),
     }
     kept = np.array([True, False, True, True])  # rows 0, 2, 3: row 1 (two images, the longest) is dropped
-    batch = trainer._select_rows(output, kept, np.array([0.5, 0.0, -0.25, -0.25]), n)
+    decision = SimpleNamespace(kept=kept, advantages=np.array([0.5, 0.0, -0.25, -0.25]))
+    batch = trainer._select_rows(output, decision, np.array(lengths), n)
     assert batch["num_images"] == [1, 1, 1]
     assert batch["image_grid_thw"].tolist() == [[1, 2, 2], [1, 4, 2], [1, 2, 2]]
     assert batch["pixel_values"][:, 0].tolist() == [0.0] * 4 + [23.0] * 8 + [34.0] * 4  # rows 0, 2, 3's patches
@@ -632,4 +684,4 @@ def test_qwen_vl_layout_images_and_token_types_follow_their_rows(tmp_path):
 
     output["rope_deltas"] = torch.zeros(n + 1)  # a field of unknown layout that is not one entry per row
     with pytest.raises(NotImplementedError, match=r"batch field 'rope_deltas' belongs to: it has 5 entries for 4"):
-        trainer._select_rows(output, kept, np.zeros(n), n)
+        trainer._select_rows(output, decision, np.array(lengths), n)

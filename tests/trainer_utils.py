@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from gfpo_filters.toy import build_dataset, build_model, build_tokenizer
@@ -105,26 +106,6 @@ def tiny_parts():
     }
 
 
-def recorded_step(output_dir: str, trainer_class: Any = None, **args: Any):
-    """One GFPO training run (the ``length`` filter, :class:`Recorder` rewards, the tiny parts, ``tiny_args``
-    with ``args``) whose micro-batches, losses and gradients are recorded: ``(trainer, StepRecorder, batches)``."""
-    from gfpo_filters.trainer import GFPOTrainer
-
-    parts = tiny_parts()
-    trainer = (trainer_class or GFPOTrainer)(
-        model=parts["model"],
-        reward_funcs=[Recorder()],
-        args=tiny_args(output_dir, **args),
-        train_dataset=parts["train_dataset"],
-        processing_class=parts["processing_class"],
-        group_filter_func="length",
-    )
-    step = StepRecorder(trainer)
-    batches = capture_batches(trainer)
-    trainer.train()
-    return trainer, step, batches
-
-
 def capture_batches(trainer) -> list[dict[str, Any]]:
     """Record every batch GFPOTrainer hands to the loss (the output of _generate_and_score_completions)."""
     batches: list[dict[str, Any]] = []
@@ -159,55 +140,6 @@ LOSS_TYPES = {
     "luspo": {"importance_sampling_level": "sequence"},
     "vespo": {},
 }
-#: Loss types that TRL normalises by the tokens of each micro-batch (so the step depends on how rows are split).
-PER_MICRO_BATCH_LOSSES = ("bnpo",)
-
-
-class StepRecorder:
-    """Records what one training step computed: each micro-batch and its loss, and the gradient the optimizer sees.
-
-    ``off_policy``: give the batch ``old_per_token_logps`` of a uniform policy, so that importance ratios differ from
-    1 and the loss is not 0 (on-policy, GRPO's loss is minus the mean advantage: 0 for advantages centred per group).
-    """
-
-    def __init__(self, trainer, off_policy: bool = True) -> None:
-        from transformers import TrainerCallback
-
-        self.micro_batches: list[dict[str, Any]] = []
-        self.losses: list[float] = []
-        self.grads: dict[str, torch.Tensor] = {}
-        original = trainer.compute_loss
-
-        def compute_loss(model, inputs, *args, **kwargs):
-            loss = original(model, inputs, *args, **kwargs)
-            if model.training:
-                self.micro_batches.append(
-                    {k: v.detach().clone() if torch.is_tensor(v) else v for k, v in inputs.items()}
-                )
-                self.losses.append(float(loss.detach()))
-            return loss
-
-        trainer.compute_loss = compute_loss
-        recorder = self
-        if off_policy:
-            generate = trainer._generate_and_score_completions
-            uniform = -math.log(len(trainer.processing_class))
-
-            def off_policy_batch(inputs):
-                out = generate(inputs)
-                out["old_per_token_logps"] = torch.full(out["completion_ids"].shape, uniform)
-                return out
-
-            trainer._generate_and_score_completions = off_policy_batch
-
-        class Grads(TrainerCallback):
-            def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-                if not recorder.grads:
-                    recorder.grads = {
-                        n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None
-                    }
-
-        trainer.add_callback(Grads())
 
 
 def real_rows(batch: dict[str, Any]) -> dict[str, Any]:
@@ -236,42 +168,6 @@ def concat_rows(batches: list[dict[str, Any]]) -> dict[str, Any]:
             parts.append(v)
         out[key] = torch.cat(parts)
     return out
-
-
-def reference_step(loss_type: str, micro_batches: list[list[dict[str, Any]]], output_dir: str, **overrides: Any):
-    """TRL's own GRPOTrainer loss and gradient on the kept rows, with no padding row anywhere.
-
-    ``micro_batches[r]`` are the micro-batches process r trained in one step. For every loss type but bnpo the
-    reference is one batch of all real rows (GRPO's loss does not depend on how rows are split into micro-batches).
-    bnpo normalises each micro-batch by its own tokens by design, so its reference keeps the same micro-batches,
-    each without its padding rows, averaged as gradient accumulation and DDP average them.
-    """
-    from trl import GRPOTrainer
-
-    parts = tiny_parts()
-    trainer = GRPOTrainer(  # a GFPOConfig is a GRPOConfig; GRPOTrainer ignores the GFPO fields
-        model=parts["model"],
-        reward_funcs=[Recorder()],
-        args=tiny_args(output_dir, loss_type=loss_type, **{**LOSS_TYPES[loss_type], **overrides}),
-        train_dataset=parts["train_dataset"],
-        processing_class=parts["processing_class"],
-    )
-    model = trainer.model
-    model.train()
-    trainer.current_gradient_accumulation_steps = 1
-    if loss_type in PER_MICRO_BATCH_LOSSES:
-        batches = [real_rows(b) for rank in micro_batches for b in rank]
-        weight = 1.0 / len(batches)
-    else:
-        batches = [concat_rows([real_rows(b) for rank in micro_batches for b in rank])]
-        weight = 1.0
-    total = 0.0
-    for batch in batches:
-        loss = trainer.compute_loss(model, batch) * weight
-        loss.backward()
-        total += float(loss.detach())
-    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-    return total, grads
 
 
 # ---------------------------------------------------------------------- chat, tools, environments
@@ -406,18 +302,349 @@ def image_dataset(n: int = 16):
     )
 
 
-def run_two_processes(tmp_path: Path, *worker_args: str) -> None:
-    """Run ``tests/distributed_worker.py`` on two processes (torchrun, gloo, one thread each) and fail with its output.
+def run_two_processes(tmp_path: Path, *worker_args: str, worker: Path | None = None, timeout: int = 600) -> None:
+    """Run ``worker`` (default ``tests/distributed_worker.py``) on two processes (torchrun, gloo, one thread each) and
+    fail with its output.
 
     The rendezvous port is a free one, so that two test sessions on one machine do not collide.
     """
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    worker = Path(__file__).with_name("distributed_worker.py")
+    worker = worker or Path(__file__).with_name("distributed_worker.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
     proc = subprocess.run(
-        [*cmd, str(worker), str(tmp_path), *worker_args], env=env, capture_output=True, text=True, timeout=600
+        [*cmd, str(worker), str(tmp_path), *worker_args], env=env, capture_output=True, text=True, timeout=timeout
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+
+# ---------------------------------------------------------------------- exactness: GFPO against GRPO on the kept rows
+#: The base case of the exactness matrix: 3 groups of 4 per process, k = 3 (9 kept rows per process: not a multiple
+#: of processes x steps_per_generation, so the step keeps extra rows), two micro-batches, one SGD step, no clipping.
+EXACT_BASE = dict(
+    per_device_train_batch_size=6,
+    steps_per_generation=2,
+    gradient_accumulation_steps=2,
+    num_generations=4,
+    num_remains_in_group=3,
+    max_completion_length=64,  # completions end at different lengths: batches of different widths
+    max_grad_norm=0.0,
+    optim="sgd",
+    learning_rate=0.5,
+    max_steps=1,
+)
+#: Features of the matrix: settings on top of EXACT_BASE ("model": "moe" builds a tiny Mixtral).
+EXACT_FEATURES = {
+    "base": {},
+    "entropy": {"entropy_coef": 0.5},
+    "moe": {"model": "moe", "router_aux_loss_coef": 0.5},
+    "spg>gas": {"steps_per_generation": 4, "per_device_train_batch_size": 3, "num_remains_in_group": 2, "max_steps": 2},
+    "iterations": {"num_iterations": 2, "max_steps": 2},
+    "adaptive": {"adaptive_k": [3, 3, 2, 2], "adaptive_warmup_steps": 1, "max_steps": 2},  # warm-up, then adaptive
+    "kl": {"beta": 0.1},  # reference log-probs travel with their rows
+}
+
+
+#: The two-process cases (each costs a DDP run and its reference, about a minute on a loaded 2-core machine): every
+#: loss type on the base case (rows move between processes, DDP averages, token counts are per process), and every
+#: feature with vespo (the loss that reads importance ratios past a row's end), a row-mean, a per-micro-batch and a
+#: token-sum loss.
+TWO_PROCESS_CASES = [(loss, "base") for loss in LOSS_TYPES] + [
+    ("vespo", "entropy"), ("vespo", "moe"), ("vespo", "spg>gas"), ("vespo", "iterations"), ("vespo", "adaptive"),
+    ("vespo", "kl"), ("grpo", "entropy"), ("bnpo", "moe"), ("dapo", "spg>gas"),
+]  # fmt: skip
+
+
+def exact_features() -> dict[str, dict[str, Any]]:
+    """The features the installed TRL has (TRL 1.7.1 has no entropy bonus)."""
+    from gfpo_filters.trainer import GFPOConfig
+
+    fields = GFPOConfig.__dataclass_fields__
+    return {name: f for name, f in EXACT_FEATURES.items() if all(k in fields or k == "model" for k in f)}
+
+
+def build_moe_model(seed: int = 0):
+    """A tiny Mixtral (4 experts, 2 per token) over the toy vocabulary: a MoE whose router loss TRL adds."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    config = MixtralConfig(
+        vocab_size=28, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=128,
+        pad_token_id=0, bos_token_id=1, eos_token_id=1, tie_word_embeddings=True,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = MixtralForCausalLM(config)
+    model.generation_config.pad_token_id = 0
+    model.generation_config.eos_token_id = 1
+    return model
+
+
+def varied_prompts(n: int = 24):
+    """The toy prompts cut to 1 to 4 letters, so that prompts are padded on the left (and rows that move between
+    processes are re-padded)."""
+    from datasets import Dataset
+
+    return Dataset.from_dict({"prompt": [p[: 1 + i % 4] for i, p in enumerate(build_dataset(n)["prompt"])]})
+
+
+def add_off_policy_fields(output: dict[str, Any], vocab_size: int) -> None:
+    """Old log-probs of another policy and vLLM-style importance ratios, per token and deterministic, so that the
+    loss is not 0 and every per-token field has to travel with its row. The ratio is 1 past a row's end, as TRL's
+    ``exp(diff * mask)`` is; VESPO reads it even without vLLM."""
+    ids = output["completion_ids"].float()
+    pos = torch.arange(ids.shape[1], dtype=torch.float32)
+    mask = output["completion_mask"] * output.get("tool_mask", 1)
+    output["old_per_token_logps"] = -math.log(vocab_size) + 0.3 * torch.sin(ids + pos)
+    output["importance_sampling_ratio"] = torch.exp(0.2 * torch.cos(ids - pos) * mask)
+
+
+def _cpu(batch: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.detach().cpu().clone() if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def exact_trainer_class():
+    """GFPOTrainer that records, per generation batch, TRL's batch before the filter (with off-policy fields), the
+    decision (kept mask and advantages), the torch RNG state TRL's shuffle then draws from, and the batch trained."""
+    from gfpo_filters.trainer import GFPOTrainer
+
+    class ExactGFPO(GFPOTrainer):
+        def _filter_batch(self, output, *rest):
+            add_off_policy_fields(output, len(self.processing_class))
+            self.exact["generated"].append(_cpu(output))
+            out = super()._filter_batch(output, *rest)
+            self.exact["trained"].append(_cpu(out))
+            self.exact["rng"].append(torch.get_rng_state())
+            return out
+
+        def _log_selection(self, result, n_total):
+            self.exact["decisions"].append((result.kept.copy(), np.asarray(result.advantages).copy()))
+            super()._log_selection(result, n_total)
+
+    return ExactGFPO
+
+
+def replay_trainer_class():
+    """TRL's own GRPOTrainer, except that its generation returns a recorded batch (and restores the RNG state the
+    GFPO run's shuffle drew from): everything else, the shuffle, the micro-batches, the loss, gradient accumulation,
+    DDP and the optimizer, is TRL's."""
+    from trl import GRPOTrainer
+
+    class Replay(GRPOTrainer):
+        def _generate_and_score_completions(self, inputs):
+            batch, state = self.replay.pop(0)
+            torch.set_rng_state(state)
+            return {k: v.to(self.accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    return Replay
+
+
+#: Completion fields whose value past a row's end TRL sets itself, and that value ("pad" = the pad token id).
+TRL_COMPLETION_PADDING = {"completion_ids": "pad", "completion_mask": 0, "tool_mask": 1,
+                          "importance_sampling_ratio": 1.0, "sampling_per_token_logps": 0.0}  # fmt: skip
+#: Completion fields that hold a model's output past a row's end in TRL's batch (masked everywhere in the loss).
+MODEL_COMPLETION_FIELDS = ("old_per_token_logps", "ref_per_token_logps")
+
+
+def trl_layout(rows: list[dict[str, torch.Tensor]], like: dict[str, Any], pad_id: int):
+    """Rows (each field one row's tensor, as its own process's batch held it) stacked as TRL stacks a batch: prompts
+    padded on the left to the longest prompt (pad id, mask 0), completions on the right to the longest completion
+    (TRL_COMPLETION_PADDING). ``like``: a batch whose other fields are copied.
+
+    Also returns, per model-output field, the columns that TRL's layout leaves to a model (past the row's end in its
+    source batch): any finite value there gives the same loss. The batch holds 0 there."""
+    width = max(int(r["completion_mask"].sum()) for r in rows)
+    prompt_width = max(int(r["prompt_mask"].sum()) for r in rows)
+    batch, free = {}, {}
+    for key, value in like.items():
+        if not torch.is_tensor(value) or value.ndim == 0 or key == "advantages":
+            batch[key] = value
+            continue
+        out = []
+        for r in rows:
+            row = r[key]
+            if key.startswith("prompt_"):
+                fill = pad_id if key == "prompt_ids" else 0
+                row = row[row.shape[0] - prompt_width :] if row.shape[0] >= prompt_width else torch.nn.functional.pad(
+                    row, (prompt_width - row.shape[0], 0), value=fill)  # fmt: skip
+            elif row.ndim == 1:
+                fill = TRL_COMPLETION_PADDING.get(key, 0.0)
+                fill = pad_id if fill == "pad" else fill
+                row = row[:width] if row.shape[0] >= width else torch.nn.functional.pad(
+                    row, (0, width - row.shape[0]), value=fill)  # fmt: skip
+            out.append(row)
+        batch[key] = torch.stack(out)
+        if key in MODEL_COMPLETION_FIELDS:
+            src = torch.tensor([r["completion_ids"].shape[0] for r in rows])
+            free[key] = torch.arange(width)[None, :] >= src[:, None]
+            batch[key] = batch[key].masked_fill(free[key], 0.0)
+    return batch, free
+
+
+def _loss_tokens(row: dict[str, torch.Tensor]) -> int:
+    mask = row["completion_mask"] * row["tool_mask"] if "tool_mask" in row else row["completion_mask"]
+    return int(mask.sum())
+
+
+def _rows(batch: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
+    n = batch["completion_ids"].shape[0]
+    keys = [k for k, v in batch.items() if torch.is_tensor(v) and v.ndim >= 1 and v.shape[0] == n]
+    return [{k: batch[k][i] for k in keys} for i in range(n)]
+
+
+def reference_batch(generated: list[dict[str, Any]], kept: np.ndarray, advantages: np.ndarray, rank: int, world: int,
+                    pad_id: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:  # fmt: skip
+    """The batch GRPOTrainer would hold on process ``rank`` had it generated exactly the kept rows, written from TRL's
+    layout rules (not from the adapter): process r's contiguous share of the kept rows in global order (``generated``:
+    every process's batch before the filter) laid out by :func:`trl_layout`, the decided advantages, and
+    ``num_items_in_batch`` = the loss tokens of all kept rows."""
+    rows = [row for batch in generated for row in _rows(batch)]
+    chosen = np.flatnonzero(kept.reshape(-1))
+    share = len(chosen) // world
+    assert share * world == len(chosen)
+    mine = chosen[rank * share : (rank + 1) * share]
+    batch, free = trl_layout([rows[j] for j in mine], generated[rank], pad_id)
+    batch["advantages"] = torch.as_tensor(advantages.reshape(-1)[mine], dtype=generated[rank]["advantages"].dtype)
+    tokens = sum(_loss_tokens(rows[j]) for j in chosen)
+    batch["num_items_in_batch"] = torch.full_like(generated[rank]["num_items_in_batch"], tokens)
+    return batch, free
+
+
+def _train_recorded(trainer) -> dict[str, Any]:
+    """Train, recording every optimizer step's gradient, every training loss, and the final parameters."""
+    from transformers import TrainerCallback
+
+    record: dict[str, Any] = {"grads": [], "losses": [], "micro_batches": []}
+    original = trainer.compute_loss
+
+    def compute_loss(model, inputs, *args, **kwargs):
+        loss = original(model, inputs, *args, **kwargs)
+        if model.training:
+            record["losses"].append(float(loss.detach()))
+            record["micro_batches"].append(_cpu(inputs))
+        return loss
+
+    trainer.compute_loss = compute_loss
+
+    class Grads(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            record["grads"].append({n: p.grad.detach().cpu().clone() for n, p in model.named_parameters()
+                                    if p.grad is not None})  # fmt: skip
+
+    trainer.add_callback(Grads())
+    trainer.train()
+    record["params"] = {n: p.detach().cpu().clone() for n, p in trainer.model.named_parameters()}
+    return record
+
+
+def exact_case(out_dir: str, loss_type: str, feature: str, gather: Any = None, **extra: Any) -> dict[str, Any]:
+    """One case of the exactness matrix: a GFPO run and TRL's GRPOTrainer on the rows it kept, from the same model.
+
+    ``gather(obj) -> list`` collects an object from every process (torch.distributed.all_gather_object on two
+    processes). Returns both runs' gradients, losses and parameters, the batches GFPO trained and the reference
+    batches built from TRL's layout rules (with the columns a model fills), and the decisions.
+    """
+    settings = {**EXACT_BASE, **EXACT_FEATURES[feature], **LOSS_TYPES[loss_type], "loss_type": loss_type, **extra}
+    model_kind = settings.pop("model", "llama")
+
+    def model():
+        built = build_moe_model(0) if model_kind == "moe" else build_model(0, hidden=16, layers=1)
+        if not settings.get("beta"):
+            return built
+        # With a KL term TRL loads its reference model by name: give both runs the same saved model (on two
+        # processes transformers writes it from process 0; the gather waits for it).
+        path = Path(out_dir, "initial-model")
+        built.save_pretrained(path)
+        gather(None)
+        return str(path)
+
+    gather = gather or (lambda obj: [obj])
+    parts = tiny_parts()
+    parts["train_dataset"] = varied_prompts()
+    trainer = exact_trainer_class()(
+        model=model(), reward_funcs=[Recorder()], args=tiny_args(out_dir, **settings),
+        train_dataset=parts["train_dataset"], processing_class=parts["processing_class"], group_filter_func="length",
+    )  # fmt: skip
+    trainer.exact = {"generated": [], "trained": [], "rng": [], "decisions": []}
+    gfpo = _train_recorded(trainer)
+    rank, world = trainer.accelerator.process_index, trainer.accelerator.num_processes
+    pad_id = trainer.processing_class.pad_token_id
+    result = {"gfpo": gfpo, "grpo": None, "trained": trainer.exact["trained"], "decisions": trainer.exact["decisions"],
+              "generated": trainer.exact["generated"]}  # fmt: skip
+    result["references"], result["free"] = references, free = [], []
+    spg = settings["steps_per_generation"]
+    if any(kept.sum() % (world * spg) for kept, _ in trainer.exact["decisions"]):
+        return result  # (the adapter before issue 16) no equal micro-batches: see step_reference
+    for generated, (kept, advantages) in zip(trainer.exact["generated"], trainer.exact["decisions"]):
+        batch, columns = reference_batch(gather(generated), kept, advantages, rank, world, pad_id)
+        references.append(batch)
+        free.append(columns)
+    reference_args = tiny_args(out_dir, **{k: v for k, v in settings.items() if not k.startswith("adaptive")})
+    replay = replay_trainer_class()(
+        model=model(), reward_funcs=[Recorder()], args=reference_args, train_dataset=parts["train_dataset"],
+        processing_class=parts["processing_class"],
+    )  # fmt: skip
+    replay.replay = [(_cpu(b), s) for b, s in zip(references, trainer.exact["rng"])]
+    result["grpo"] = _train_recorded(replay)
+    return result
+
+
+def step_reference(out_dir: str, loss_type: str, feature: str, micro_batches: list[list[dict[str, Any]]],
+                   generated: list[list[dict[str, Any]]], pad_id: int = 0):  # fmt: skip
+    """A reference for runs whose micro-batches hold padding rows (the adapter before issue 16), which GRPOTrainer
+    cannot reproduce: per optimizer step, TRL's GRPOTrainer on one process trains ONE micro-batch of all the real
+    rows that step trained on every process (``micro_batches[r]``: process r's, in order), each taken from the batch
+    TRL generated (``generated[r]``: process r's batches before the filter) and laid out by TRL's rules. For every
+    loss but bnpo, the entropy bonus and the router loss (means per micro-batch) this is the step on the kept rows
+    whatever the split. Token-sum losses keep the run's token count, rescaled as TRL rescales it to one
+    accumulation window.
+    """
+    import inspect
+
+    from trl import GRPOTrainer
+
+    settings = {**EXACT_BASE, **EXACT_FEATURES[feature], **LOSS_TYPES[loss_type], "loss_type": loss_type}
+    model_kind = settings.pop("model", "llama")
+    gas, spg = settings["gradient_accumulation_steps"], settings["steps_per_generation"]
+    rescaled = "steps_per_generation" in inspect.getsource(GRPOTrainer._compute_loss)
+    n_steps = len(micro_batches[0]) // gas
+
+    def key(row):  # a row by its tokens: prompt and completion, without padding
+        p, c = row["prompt_ids"][row["prompt_mask"].bool()], row["completion_ids"][row["completion_mask"].bool()]
+        return tuple(p.tolist()), tuple(c.tolist())
+
+    # Every row TRL generated, as its process's batch held it: the trained rows are looked up here, so that the
+    # reference holds TRL's values, not the adapter's.
+    source = {key(row): row for rank in generated for batch in rank for row in _rows(batch)}
+    replay = []
+    for s in range(n_steps):
+        trained = [row for rank in micro_batches for b in rank[s * gas : (s + 1) * gas] for row in _rows(real_rows(b))]
+        like = micro_batches[0][s * gas]  # this step's generation batch
+        batch, _ = trl_layout([source[key(row)] for row in trained], generated[0][0], pad_id)
+        batch["advantages"] = torch.stack([row["advantages"] for row in trained]).to(like["advantages"].dtype)
+        # (a float: TRL's own rescaling by gas / spg happens in float, and 109 tokens x 2 / 4 is 54.5, not 54)
+        batch["num_items_in_batch"] = like["num_items_in_batch"].double() * (gas / spg if rescaled else 1.0)
+        replay.append((batch, torch.get_rng_state()))
+    settings = {k: v for k, v in settings.items() if not k.startswith("adaptive")}
+    settings.update(steps_per_generation=1, gradient_accumulation_steps=1, num_iterations=1, max_steps=n_steps,
+                    per_device_train_batch_size=4)  # fmt: skip
+    parts = tiny_parts()
+    model = build_moe_model(0) if model_kind == "moe" else build_model(0, hidden=16, layers=1)
+    if settings.get("beta"):  # TRL loads its reference model by name
+        model.save_pretrained(Path(out_dir, "step-reference-model"))
+        model = str(Path(out_dir, "step-reference-model"))
+    trainer = replay_trainer_class()(
+        model=model,
+        reward_funcs=[Recorder()], args=tiny_args(out_dir, **settings), train_dataset=parts["train_dataset"],
+        processing_class=parts["processing_class"],
+    )  # fmt: skip
+    trainer.replay = replay
+    return _train_recorded(trainer)
+
+
+def max_grad_diff(a: list[dict[str, torch.Tensor]], b: list[dict[str, torch.Tensor]]) -> float:
+    """The largest |gradient difference| over every parameter and optimizer step (inf if the steps differ)."""
+    if len(a) != len(b) or not a:
+        return float("inf")
+    return max(float((x[n] - y[n]).abs().max()) for x, y in zip(a, b) for n in y)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from gfpo_filters.base import GroupFilter
+from gfpo_filters.errors import FilterStateError
 from gfpo_filters.groups import Groups
 from gfpo_filters.hookspecs import hookimpl
 from gfpo_filters.params import check_choice
@@ -69,6 +70,26 @@ class _Combination(GroupFilter):
     @property
     def deterministic(self) -> bool:  # type: ignore[override]
         return all(c.deterministic for c in self.components)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The components' states, in order (``{}`` when none has any)."""
+        states = [c.state_dict() for c in self.components]
+        if not any(states):
+            return {}
+        return {"components": [{"name": c.name, "state": st} for c, st in zip(self.components, states)]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state:
+            return
+        saved = state.get("components") if isinstance(state, Mapping) else None
+        names = [c.name for c in self.components]
+        got = [s.get("name") if isinstance(s, Mapping) else s for s in saved] if isinstance(saved, list) else saved
+        if got != names:
+            raise FilterStateError(
+                f"filter {self.name!r}: the saved state is for components {got}, but this filter combines {names}"
+            )
+        for component, s in zip(self.components, saved):
+            component.load_state_dict(s["state"])
 
 
 class WeightedFilter(_Combination):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from gfpo_filters.base import GroupFilter
+from gfpo_filters.errors import FilterStateError
 from gfpo_filters.groups import Groups
 from gfpo_filters.hookspecs import hookimpl
 from gfpo_filters.params import check_int, check_number
@@ -34,7 +37,8 @@ class RandomFilter(GroupFilter):
 
     The generator is created from ``seed`` when the filter is built and advances with every
     call, so a run is reproducible from its seed, and every process of a multi-process run,
-    calling the filter on the same batches, draws the same numbers.
+    calling the filter on the same batches, draws the same numbers. :meth:`state_dict` saves the
+    generator, so a run resumed from a checkpoint draws what the uninterrupted run would have.
     """
 
     name = "random"
@@ -47,6 +51,18 @@ class RandomFilter(GroupFilter):
 
     def score(self, groups: Groups) -> np.ndarray:
         return self._rng.random(groups.shape)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The generator's state (numpy's ``bit_generator.state``: plain ints and strings), so a resume draws on."""
+        return {"seed": self.seed, "bit_generator": self._rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict) or "bit_generator" not in state:
+            raise FilterStateError(f"filter 'random': expected a state with a 'bit_generator', got {state!r}")
+        try:
+            self._rng.bit_generator.state = state["bit_generator"]
+        except (TypeError, ValueError, KeyError) as e:
+            raise FilterStateError(f"filter 'random': the saved generator state cannot be loaded: {e}") from None
 
 
 @hookimpl

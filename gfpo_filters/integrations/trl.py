@@ -4,29 +4,30 @@ GRPOTrainer generates, scores and computes GRPO advantages for the whole generat
 This adapter then, on the training batch only:
 
 1. takes the gathered rewards from ``_calculate_rewards`` (it wraps that method to see them),
-2. gathers the completions of all processes and cuts them into groups ``[i*G : (i+1)*G]``,
-3. calls the group filter once per batch on all groups, with token ids and lengths,
-4. keeps the top k of each group (ties to the earlier completion; NaN scores and missing
-   rewards last), the same selection on every process (process 0's scores are broadcast),
-5. standardises rewards over the kept set S (population std, paper Eq. 1; with
-   ``multi_objective_aggregation="normalize_then_sum"`` each reward function over S, then their weighted sum), and
-6. drops the rejected rows from the batch and spreads the kept rows evenly over processes,
-   so the backward pass costs about k/G of GRPO's on one process and on many; where padding rows
-   are needed to fill equal micro-batches, row-normalised losses are rescaled so that the step
-   is exactly TRL's loss on the kept rows (``_row_scale``).
+2. gathers the completions of all processes, and their lengths from the loss mask (tool output is not the
+   policy's), and cuts them into groups ``[i*G : (i+1)*G]``,
+3. on process 0 only, runs :func:`gfpo_filters.step.gfpo_step`: the filter once on all groups, the top k of each
+   group, then a few next-ranked completions until the kept rows are a multiple of processes x
+   ``steps_per_generation``, and the advantages over the kept set (population std, paper Eq. 1; with
+   ``multi_objective_aggregation="normalize_then_sum"`` each reward function over it, then their weighted sum),
+4. broadcasts that decision, so every process trains the same rows whatever its own state, and
+5. keeps only the kept rows, an equal contiguous share per process, with no padding row: TRL's ``_prepare_inputs``
+   then cuts each share into the equal micro-batches GRPOTrainer would train with ``per_device_train_batch_size``
+   = kept / (processes x ``steps_per_generation``), so the update is GRPOTrainer's on the kept rows, for every loss
+   type and loss term, by construction (tests/test_trainer_exact.py), at about k/G of GRPO's backward cost.
 
 GRPOTrainer internals this relies on (checked on TRL 1.7.1 and 1.16.0; docs/trainer.md keeps the same list):
 ``__init__``'s signature (every argument is forwarded as given; only ``group_filter_func`` is ours);
 ``_calculate_rewards(inputs, prompts, completions, completion_ids_list)`` returning rewards gathered over
 processes in process order (environment-owned rewards included); ``_generate_and_score_completions(inputs)``
 returning a dict of per-row tensors (``prompt_ids``, ``prompt_mask``, ``completion_ids``, ``completion_mask``,
-``advantages``, optional log-prob tensors, ``tool_mask``, image and token-type fields), per-row lists
-(``num_images``) and ``num_items_in_batch``; ``trl.trainer.utils.split_pixel_values_by_grid`` and
-``unsplit_pixel_values_by_grid``; ``compute_loss`` (scaled, see ``_row_scale``) with TRL's per-loss-type
-normalisers and ``_entropy_bonus_enabled`` / ``aux_loss_enabled``; the attributes ``reward_weights``,
-``num_generations``, ``scale_rewards``, ``multi_objective_aggregation``, ``loss_type``, ``pad_to_multiple_of``,
+``advantages``, optional log-prob tensors, ``importance_sampling_ratio``, ``tool_mask``, image and token-type
+fields, padded as :data:`COMPLETION_FIELDS` says), per-row lists (``num_images``) and ``num_items_in_batch`` (the
+gathered loss-mask sum); ``_prepare_inputs`` shuffling and splitting the batch into ``steps_per_generation`` equal
+chunks; ``trl.trainer.utils.split_pixel_values_by_grid`` and ``unsplit_pixel_values_by_grid``; the attributes
+``reward_weights``, ``num_generations``, ``scale_rewards``, ``multi_objective_aggregation``, ``pad_to_multiple_of``,
 ``_metrics``, ``_logs``, ``_tokenizer`` and ``args.steps_per_generation``; and ``_save_checkpoint`` /
-``_load_optimizer_and_scheduler`` for the adaptive state.
+``_load_optimizer_and_scheduler`` for the filter and adaptive-k state.
 """
 
 from __future__ import annotations
@@ -41,36 +42,46 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate.utils import broadcast, gather_object
+from accelerate.utils import broadcast_object_list, gather_object
 from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import split_pixel_values_by_grid, unsplit_pixel_values_by_grid
 
 from gfpo_filters.adaptive import AdaptiveK
 from gfpo_filters.base import GroupFilter
 from gfpo_filters.selection import normalize_then_sum
-from gfpo_filters.step import accepted_kwargs, gfpo_step, group_rows, keep_signal_mode, resolve_filter
+from gfpo_filters.step import (
+    accepted_kwargs,
+    filter_state,
+    gfpo_step,
+    group_rows,
+    keep_signal_mode,
+    load_filter_state,
+    resolve_filter,
+)
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "gfpo_state.json"
-#: Fields of the generation batch whose second dimension is the prompt (left-padded).
+#: Fields of the generation batch whose second dimension is the prompt (left-padded), and the value TRL pads with.
 PROMPT_FIELDS = {"prompt_ids": "pad", "prompt_mask": 0}
-#: Fields whose second dimension is the completion (right-padded); value = padding value.
+#: Fields whose second dimension is the completion (right-padded), and the value a column past a row's end gets when
+#: rows of several processes are joined. Where TRL pads explicitly, its value (``pad`` = the pad token id, masks 0,
+#: ``tool_mask`` 1, ``sampling_per_token_logps`` 0, ``importance_sampling_ratio`` exp(0) = 1: VESPO sums its log over
+#: every column, unmasked). Where TRL's value is a model's output (old and reference log-probs), one that keeps each
+#: masked loss term finite: old 0 (ratio exp(logp - 0) <= 1), reference -1e4 (KL's exp(ref - logp) = 0, not inf).
 COMPLETION_FIELDS = {
     "completion_ids": "pad",
     "completion_mask": 0,
     "tool_mask": 1,
     "old_per_token_logps": 0.0,
-    "ref_per_token_logps": 0.0,
+    "ref_per_token_logps": -1e4,
     "sampling_per_token_logps": 0.0,
-    "importance_sampling_ratio": 0.0,
+    "importance_sampling_ratio": 1.0,
 }
 #: Fields whose second dimension is the prompt followed by the completion (VLMs' token types); split in two to move.
 JOINT_FIELDS = ("token_type_ids", "mm_token_type_ids")
 #: Loss types whose normaliser is num_items_in_batch (a token count over the generation batch).
 TOKEN_SUM_LOSSES = ("dapo", "cispo", "vespo")
-#: Loss types that divide by the number of rows in a micro-batch: padding rows would be counted (see _row_scale).
-ROW_MEAN_LOSSES = ("grpo", "sapo", "dr_grpo", "luspo")
 
 
 @dataclass
@@ -194,6 +205,12 @@ def _filter_from(group_filter_func: Any, config: Any) -> Any:
     return given
 
 
+def _loss_mask(batch: dict[str, Any]) -> torch.Tensor:
+    """The tokens TRL's loss counts: the completion mask without tool-result tokens (``tool_mask`` 0)."""
+    mask = batch["completion_mask"]
+    return mask * batch["tool_mask"] if "tool_mask" in batch else mask
+
+
 def _side(key: str) -> str | None:
     """Which end of a row a field's second dimension belongs to: 'prompt' (left-padded), 'completion', or None."""
     if key in PROMPT_FIELDS or key.endswith(":prompt"):
@@ -272,11 +289,6 @@ class GFPOTrainer(GRPOTrainer):
         self._rewards_capture: tuple[Any, ...] | None = None
 
     # ------------------------------------------------------------------ GRPOTrainer hooks
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
-        scale = getattr(self, "_loss_scale", 1.0) if self.model.training else 1.0
-        return loss * scale if scale != 1.0 else loss
-
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._rewards_capture = (prompts, completions, completion_ids_list, rewards_per_func)
@@ -297,7 +309,7 @@ class GFPOTrainer(GRPOTrainer):
 
     # ------------------------------------------------------------------ the GFPO step
     def _filter_batch(self, output, prompts, completions, completion_ids_list, rewards_per_func):
-        """Translate TRL's generation batch into groups, run the GFPO step, and keep the selected rows."""
+        """Translate TRL's generation batch into groups, let process 0 run the GFPO step, and keep its rows."""
         acc = self.accelerator
         g = self.num_generations
         n_local = len(prompts)
@@ -313,40 +325,57 @@ class GFPOTrainer(GRPOTrainer):
                 f"GFPOTrainer: {n_total} gathered rewards do not form groups of {g} over "
                 f"{acc.num_processes} process(es) with {n_local} rows each"
             )
-
+        # A completion's length is the tokens the policy wrote: its loss mask, without tool-result tokens.
+        lengths = _loss_mask(output).sum(dim=1)
+        lengths = (acc.gather(lengths) if acc.num_processes > 1 else lengths).cpu().numpy().reshape(-1, g)
         # Gathered completions, cut into the right groups: rows [i*G, (i+1)*G) belong to prompt i.
-        all_ids = group_rows(gather_object([list(ids) for ids in completion_ids_list]), g)
+        gathered = [gather_object(list(x)) for x in (completions, [list(ids) for ids in completion_ids_list], prompts)]
+        result = error = None
+        if acc.is_main_process:
+            try:
+                result = self._decide(rewards, rewards_per_func, weights, lengths, *gathered)
+            except Exception as e:  # the other processes must hear of it, not wait for a decision
+                error = e
+        if acc.num_processes > 1:
+            result, error_text = broadcast_object_list([result, None if error is None else repr(error)])
+            if error is None and error_text is not None:
+                raise RuntimeError(f"GFPOTrainer: process 0 failed to select rows: {error_text}")
+        if error is not None:
+            raise error
+        self._log_selection(result, n_total)
+        return self._select_rows(output, result, lengths.reshape(-1), n_local)
+
+    def _decide(self, rewards, rewards_per_func, weights, lengths, completions, completion_ids, prompts):
+        """Process 0's decision for the whole batch: k, the kept rows (a multiple of processes x
+        steps_per_generation, so that they fill equal micro-batches) and their advantages."""
+        g = self.num_generations
         result = gfpo_step(
             self.group_filter_func,
-            completions=group_rows(gather_object(list(completions)), g),
+            completions=group_rows(completions, g),
             rewards=rewards.reshape(-1, g),
             k=self.num_remains_in_group,
-            completion_ids=all_ids,
-            prompts=gather_object(list(prompts))[::g],
+            completion_ids=group_rows(completion_ids, g),
+            lengths=lengths,
+            prompts=prompts[::g],
             scale={True: "group", False: "none"}.get(self.scale_rewards, self.scale_rewards),
             adaptive=self._adaptive,
             global_step=self.state.global_step,
-            sync_scores=self._broadcast_scores if acc.num_processes > 1 else None,
             filter_kwargs=self._filter_kwargs,
             keep_signal=getattr(self.args, "keep_signal", "off"),
+            row_multiple=self.accelerator.num_processes * self.args.steps_per_generation,
         )
-        advantages = result.advantages
         if getattr(self, "multi_objective_aggregation", "sum_then_normalize") == "normalize_then_sum":
             per_func = rewards_per_func.double().cpu().numpy().reshape(-1, g, rewards_per_func.shape[1])
-            advantages = normalize_then_sum(per_func, result.kept, weights.double().cpu().numpy())
-            result.advantages = advantages
-        self._log_selection(result, n_total)
-        # Keep only the selected rows, spread evenly over processes.
-        return self._select_rows(output, result.kept.reshape(-1), advantages.reshape(-1), n_local)
+            result.advantages = normalize_then_sum(per_func, result.kept, weights.double().cpu().numpy())
+        return result
 
-    def _broadcast_scores(self, scores: np.ndarray) -> np.ndarray:
-        """Process 0's scores on every process, so that all keep the same rows."""
-        acc = self.accelerator
-        out = broadcast(torch.as_tensor(scores, dtype=torch.float64, device=acc.device), from_process=0)
-        return out.cpu().numpy()
+    def _select_rows(self, output, result, lengths, n_local):
+        """Keep the decided rows of every per-row field, an equal contiguous share on each process, no padding row.
 
-    def _select_rows(self, output, kept_flat, advantages_flat, n_local):
-        """Keep the selected rows of every per-row field, spread evenly over processes, padded to equal micro-batches.
+        The kept rows are a multiple of processes x ``steps_per_generation``, so TRL's ``_prepare_inputs`` (shuffle,
+        then ``split_tensor_dict`` into ``steps_per_generation`` chunks) cuts each share into equal micro-batches:
+        every micro-batch is one that GRPOTrainer with ``per_device_train_batch_size = kept / (processes x
+        steps_per_generation)`` would train, and every loss normaliser of TRL's is the one it would use.
 
         Per-row fields are tensors whose first dimension is the row, and lists with one entry per row (``num_images``,
         and image tensors, which TRL's ``split_pixel_values_by_grid`` cuts into one entry per row: a row's images
@@ -355,8 +384,14 @@ class GFPOTrainer(GRPOTrainer):
         """
         acc = self.accelerator
         rank, world = acc.process_index, acc.num_processes
-        kept_rows = np.flatnonzero(kept_flat)  # global row indices, in order
+        kept_rows = np.flatnonzero(result.kept.reshape(-1))  # global row indices, in order
         n_kept = kept_rows.size
+        share = n_kept // world
+        if n_kept % (world * self.args.steps_per_generation):
+            raise RuntimeError(
+                f"GFPOTrainer: {n_kept} kept rows do not fill {world} x {self.args.steps_per_generation} equal "
+                "micro-batches; gfpo_step's row_multiple should have rounded them up"
+            )
         output = _split_joint(split_pixel_values_by_grid(output))
 
         tensors, objects, stacked = {}, {}, set()
@@ -375,87 +410,38 @@ class GFPOTrainer(GRPOTrainer):
             else:
                 tensors[key] = value
 
-        # This process's kept rows (local indices) and their loss tokens, for num_items_in_batch.
-        local = (kept_rows >= rank * n_local) & (kept_rows < (rank + 1) * n_local)
-        local_list = (kept_rows[local] - rank * n_local).tolist()
-        local_idx = torch.as_tensor(local_list, dtype=torch.long, device=acc.device)
-        mask = output["completion_mask"] * output["tool_mask"] if "tool_mask" in output else output["completion_mask"]
-        kept_tokens = mask[local_idx].sum().reshape(1).to(torch.float32)
-        num_items = acc.gather(kept_tokens).sum() if world > 1 else kept_tokens.sum()
+        if world == 1:
+            index = torch.as_tensor(kept_rows, dtype=torch.long, device=acc.device)
+            fields = {key: value[index] for key, value in tensors.items()}
+            lists = {key: [value[i] for i in kept_rows.tolist()] for key, value in objects.items()}
+        else:
+            # Every process's kept rows in global order, then this process's contiguous share.
+            local = (kept_rows >= rank * n_local) & (kept_rows < (rank + 1) * n_local)
+            local_list = (kept_rows[local] - rank * n_local).tolist()
+            local_idx = torch.as_tensor(local_list, dtype=torch.long, device=acc.device)
+            rows = self._gather_kept_rows({key: value[local_idx] for key, value in tensors.items()}, kept_rows, n_local)
+            begin = rank * share
+            fields = {key: value[begin : begin + share] for key, value in rows.items()}
+            lists = {
+                key: gather_object([value[i] for i in local_list])[begin : begin + share]
+                for key, value in objects.items()
+            }
+        mine = kept_rows[rank * share : (rank + 1) * share]
 
-        # All kept rows in global order (on many processes: gathered from every process).
-        rows = {key: value[local_idx] for key, value in tensors.items()}
-        objs = {key: [value[i] for i in local_list] for key, value in objects.items()}
-        if world > 1:
-            rows = self._gather_kept_rows(rows, kept_rows, n_local)
-            objs = {key: gather_object(value) for key, value in objs.items()}
-
-        # Balanced contiguous shares, each padded to the same multiple of steps_per_generation.
-        share = [n_kept // world + (1 if r < n_kept % world else 0) for r in range(world)]
-        chunks = max(1, int(getattr(self.args, "steps_per_generation", 1) or 1))
-        per_rank = max(1, math.ceil(max(share) / chunks)) * chunks
-        begin = sum(share[:rank])
-        fields = {key: value[begin : begin + share[rank]] for key, value in rows.items()}
-        lists = {key: value[begin : begin + share[rank]] for key, value in objs.items()}
-        advantages = torch.as_tensor(advantages_flat[kept_rows[begin : begin + share[rank]]], dtype=torch.float32)
-        n_pad = per_rank - share[rank]
-        if n_pad:
-            # Padding rows: copies of the first kept row with an empty completion mask and advantage 0,
-            # so that every process runs the same number of equal micro-batches (DDP and gathers need it).
-            for key, value in fields.items():
-                pad_rows = rows[key][:1].expand(n_pad, *value.shape[1:]).clone()
-                if key == "completion_mask":
-                    pad_rows.zero_()
-                fields[key] = torch.cat([value, pad_rows])
-            for key, value in lists.items():
-                lists[key] = value + objs[key][:1] * n_pad
-            advantages = torch.cat([advantages, torch.zeros(n_pad)])
-
-        fields = self._trim_completion_width(fields)
+        fields = self._trim_width(fields)
         for key in stacked:
             fields[key] = torch.stack(lists.pop(key)).to(output[key][0].device)
-        result = {key: value for key, value in output.items() if key not in tensors and key not in objects}
-        result.update(fields)
-        result.update(lists)
-        result["advantages"] = advantages.to(output["advantages"].device, output["advantages"].dtype)
+        batch = {key: value for key, value in output.items() if key not in tensors and key not in objects}
+        batch.update(fields)
+        batch.update(lists)
+        like = output["advantages"]
+        batch["advantages"] = torch.as_tensor(result.advantages.reshape(-1)[mine]).to(like.device, like.dtype)
         if getattr(self.args, "gfpo_loss_normalizer", "kept") == "kept":
-            result["num_items_in_batch"] = num_items.to(output["num_items_in_batch"].dtype).reshape(
-                output["num_items_in_batch"].shape
-            )  # else GRPO's count over all G completions stays: the paper's Eq. 2
-        self._loss_scale = self._row_scale(n_kept, per_rank * world)
-        self._metrics["train"]["gfpo/padding_rows"].append(float(n_pad))
-        return unsplit_pixel_values_by_grid(_join_joint(result))
-
-    def _row_scale(self, n_kept: int, n_rows: int) -> float:
-        """Factor that makes a row-mean loss over ``n_rows`` rows (``n_rows - n_kept`` of them padding) a mean over the
-        ``n_kept`` kept rows.
-
-        TRL's ``grpo``, ``sapo``, ``luspo`` and ``dr_grpo`` divide each micro-batch's loss by its number of rows, and
-        every micro-batch has ``n_rows / (processes * steps_per_generation)`` rows, so the step's loss is the sum of
-        the per-row losses over ``n_rows``; times ``n_rows / n_kept`` it is their sum over ``n_kept``, exactly what TRL
-        computes on a batch of the kept rows alone. The other losses divide by token counts, to which padding rows
-        (empty completion mask) add nothing: factor 1.
-        """
-        if n_rows == n_kept or n_kept == 0 or self.loss_type not in ROW_MEAN_LOSSES:
-            return 1.0
-        # Only the policy and KL terms are row means; a loss with other terms cannot be rescaled as a whole.
-        others = [
-            name
-            for name, on in (
-                ("an entropy bonus (entropy_coef)", getattr(self, "_entropy_bonus_enabled", False)),
-                ("a router auxiliary loss (router_aux_loss_coef)", getattr(self, "aux_loss_enabled", False)),
-                ("use_liger_kernel", getattr(self.args, "use_liger_kernel", False)),
-            )
-            if on
-        ]
-        if others:
-            raise ValueError(
-                f"GFPOTrainer: {n_kept} kept rows need {n_rows - n_kept} padding row(s) to fill equal micro-batches, "
-                f"and loss_type={self.loss_type!r} with {' and '.join(others)} cannot be corrected for them exactly. "
-                "Choose num_remains_in_group so that per_device_train_batch_size * k is a multiple of num_generations "
-                "(then no padding is needed), or use a token-normalised loss_type ('dapo', 'bnpo', 'cispo', 'vespo')."
-            )
-        return n_rows / n_kept
+            # TRL's count: the loss tokens of the whole (kept) generation batch, all processes together.
+            count = output["num_items_in_batch"]
+            batch["num_items_in_batch"] = torch.full_like(count, float(lengths[kept_rows].sum()))
+        # else GRPO's count over all G completions stays: the paper's Eq. 2
+        return unsplit_pixel_values_by_grid(_join_joint(batch))
 
     def _gather_kept_rows(self, rows, kept_rows, n_local):
         """Every process's kept rows, concatenated in global row order, padded to common widths.
@@ -479,20 +465,28 @@ class GFPOTrainer(GRPOTrainer):
             gathered[key] = torch.cat([everything[r * most : r * most + counts[r]] for r in range(acc.num_processes)])
         return gathered
 
-    def _trim_completion_width(self, fields):
-        """Drop completion columns that no kept row uses (kept rows are often the short ones)."""
-        if "completion_mask" not in fields or fields["completion_mask"].numel() == 0:
-            return fields
-        used = fields["completion_mask"].any(dim=0).nonzero()
-        width = int(used.max()) + 1 if used.numel() else 1
+    def _trim_width(self, fields):
+        """Drop the prompt columns (on the left) and completion columns (on the right) that no kept row uses: the
+        width TRL's own batch of these rows would have (to ``pad_to_multiple_of``). Kept rows are often the short
+        ones, and rows that moved between processes were padded to the widest process's batch."""
         multiple = getattr(self, "pad_to_multiple_of", None)
-        if multiple:
-            width = math.ceil(width / multiple) * multiple
-        full = fields["completion_mask"].shape[1]
-        if width >= full:
-            return fields
-        trim = {key for key, v in fields.items() if _side(key) == "completion" and v.ndim >= 2 and v.shape[1] == full}
-        return {key: value[:, :width] if key in trim else value for key, value in fields.items()}
+        for side, mask_key in (("prompt", "prompt_mask"), ("completion", "completion_mask")):
+            mask = fields.get(mask_key)
+            if mask is None or mask.numel() == 0:
+                continue
+            used = mask.any(dim=0).nonzero()
+            full = mask.shape[1]
+            width = (full - int(used.min()) if side == "prompt" else int(used.max()) + 1) if used.numel() else 1
+            if multiple:
+                width = math.ceil(width / multiple) * multiple
+            if width >= full:
+                continue
+            cut = slice(full - width, None) if side == "prompt" else slice(None, width)
+            fields = {
+                key: value[:, cut] if _side(key) == side and value.ndim >= 2 and value.shape[1] == full else value
+                for key, value in fields.items()
+            }
+        return fields
 
     # ------------------------------------------------------------------ logging
     def _log_selection(self, result, n_total):
@@ -508,23 +502,26 @@ class GFPOTrainer(GRPOTrainer):
             if "extra" in logs:
                 logs["extra"]["gfpo_kept"].extend(result.kept.reshape(-1).tolist())
 
-    # ------------------------------------------------------------------ checkpoints (adaptive k state)
+    # ------------------------------------------------------------------ checkpoints (filter and adaptive-k state)
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
-        if getattr(self, "_adaptive", None) is not None and self.args.should_save:
+        # Process 0 decides the rows, so its filter and adaptive-k state is the run's.
+        if getattr(self, "group_filter_func", None) is not None and self.accelerator.is_main_process:
             folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
             with open(os.path.join(folder, STATE_FILE), "w") as f:
-                json.dump({"adaptive": self._adaptive.state_dict()}, f)
+                json.dump(filter_state(self.group_filter_func, self._adaptive), f)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
-        if getattr(self, "_adaptive", None) is not None and checkpoint is not None:
+        if getattr(self, "group_filter_func", None) is None or checkpoint is None:
+            return
+        if self.accelerator.is_main_process:  # the others never run the filter
             path = os.path.join(checkpoint, STATE_FILE)
-            if not os.path.exists(path):
-                logger.warning("checkpoint %s has no %s: the adaptive-k window starts empty", checkpoint, STATE_FILE)
-                return
-            with open(path) as f:
-                self._adaptive.load_state_dict(json.load(f)["adaptive"])
+            state = None
+            if os.path.exists(path):
+                with open(path) as f:
+                    state = json.load(f)
+            load_filter_state(self.group_filter_func, self._adaptive, state)  # warns when state is missing
 
 
 def _init_signature() -> inspect.Signature:

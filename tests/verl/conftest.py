@@ -53,10 +53,13 @@ def write_group(
 ) -> list[str]:
     """Write one prompt's trajectories and then its terminal status, as verl's agent loop does.
 
-    ``sessions[s]`` lists the outputs of session ``s`` as ``(response length, reward)``; the
-    reward sits on the last response token (``rm_scores``). Token ``t`` of output ``i`` of session
-    ``s`` has id ``2 + (10 * s + 3 * i + t) % 26``: a letter of the toy tokenizer (``gfpo_filters.toy``).
-    Sessions in ``missing`` are not written (a failed session). Returns the written keys.
+    ``sessions[s]`` lists the outputs of session ``s`` as ``(response length, reward)`` or
+    ``(response length, reward, tool tokens)``; the reward sits on the last response token
+    (``rm_scores``). Tool tokens sit in the middle of the response with ``response_mask`` 0, as
+    verl's tool agent loop writes a tool's output (the policy wrote the other tokens). Token ``t`` of
+    output ``i`` of session ``s`` has id ``2 + (10 * s + 3 * i + t) % 26``: a letter of the toy
+    tokenizer (``gfpo_filters.toy``). Sessions in ``missing`` are not written (a failed session).
+    Returns the written keys.
     """
     import torch
     from verl.utils.tensordict_utils import list_of_dict_to_tensordict
@@ -65,13 +68,17 @@ def write_group(
     for s, outputs in enumerate(sessions):
         if s in missing:
             continue
-        for i, (length, r) in enumerate(outputs):
+        for i, (length, r, *tool) in enumerate(outputs):
+            response_mask = torch.ones(length, dtype=torch.int64)
+            if tool:
+                start = (length - tool[0]) // 2
+                response_mask[start : start + tool[0]] = 0
             responses = 2 + (torch.arange(length, dtype=torch.int64) + 10 * s + 3 * i) % 26
             prompts = torch.ones(prompt_len, dtype=torch.int64)
             field = {
                 "prompts": prompts,
                 "responses": responses,
-                "response_mask": torch.ones(length, dtype=torch.int64),
+                "response_mask": response_mask,
                 "input_ids": torch.cat([prompts, responses]),
                 "attention_mask": torch.ones(prompt_len + length, dtype=torch.int64),
                 "uid": uid,
@@ -136,3 +143,32 @@ def gfpo_overrides(**sampler_kwargs: Any) -> dict[str, Any]:
     }
     out.update({f"trainer.v1.sampler.sampler_kwargs.{k}": v for k, v in sampler_kwargs.items()})
     return out
+
+
+def build_buffer(config):
+    """The replay buffer exactly as verl's trainer builds it (``PPOTrainer._build_replay_buffer``)."""
+    from verl.trainer.ppo.v1 import get_trainer_cls
+
+    trainer = object.__new__(get_trainer_cls(config.trainer.v1.trainer_mode))
+    trainer.config = config
+    trainer.trainer_mode = config.trainer.v1.trainer_mode
+    return trainer._build_replay_buffer()
+
+
+def gfpo_config(make_config, mode="sync", adv_estimator="gfpo", **sampler_kwargs):
+    """verl's config with the GFPO lines of docs/verl.md: the length filter, k = 3 of rollout.n = N."""
+    sampler_kwargs.setdefault("filter", "length")
+    sampler_kwargs.setdefault("num_remains_in_group", 3)
+    return make_config(
+        **{
+            "actor_rollout_ref.rollout.n": N,
+            "trainer.v1.trainer_mode": mode,
+            "algorithm.adv_estimator": adv_estimator,
+        },
+        **gfpo_overrides(**sampler_kwargs),
+    )
+
+
+def present_keys(tq, partition):
+    """The trajectory keys (not the prompt keys) left in a TransferQueue partition."""
+    return {k for k, tag in tq.kv_list(partition_id=partition).get(partition, {}).items() if not tag.get("is_prompt")}

@@ -39,11 +39,13 @@ def test_the_grpo_and_gfpo_commands_build_their_buffers():
     from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
 
     grpo, gfpo = doc_commands()
-    # GFPO changes n and ppo_mini_batch_size and adds the sampler lines; everything else is GRPO's.
+    # GFPO changes the estimator, n and ppo_mini_batch_size and adds the sampler lines; the rest is GRPO's.
     assert [a for a in grpo if a not in gfpo] == [
+        "algorithm.adv_estimator=grpo",
         "actor_rollout_ref.actor.ppo_mini_batch_size=64",
         "actor_rollout_ref.rollout.n=8",
     ]
+    assert "algorithm.adv_estimator=gfpo" in gfpo
     assert len(gfpo) == len(grpo) + 4
 
     buffers = []
@@ -62,13 +64,14 @@ def test_the_grpo_and_gfpo_commands_build_their_buffers():
 
 
 def test_the_documented_sampler_kwargs_compose(tmp_path):
-    """The filter_params, adaptive_k, keep_signal and tokenizer lines of the sampler_kwargs table."""
+    """The filter_params, adaptive_k, keep_signal, advantage_std, fill_batch_multiple and tokenizer lines of the
+    sampler_kwargs table."""
     table = DOC.read_text().split("### `trainer.v1.sampler.sampler_kwargs`")[1].split("\n## ")[0]
     lines = [shlex.split(x)[0] for x in re.findall(r"`('\+trainer[^`]*'|\+trainer[^`]*)`", table)]
-    assert len(lines) == 4
+    assert len(lines) == 6
     _, gfpo = doc_commands()
     overrides = [a for a in gfpo if not a.startswith("+trainer.v1.sampler.sampler_kwargs.filter=")]
-    config = compose([*overrides, "+trainer.v1.sampler.sampler_kwargs.filter=weighted", *lines[:3]])
+    config = compose([*overrides, "+trainer.v1.sampler.sampler_kwargs.filter=weighted", *lines[:5]])
     from verl.trainer.ppo.v1 import get_trainer_cls
 
     trainer = object.__new__(get_trainer_cls("sync"))
@@ -77,5 +80,7 @@ def test_the_documented_sampler_kwargs_compose(tmp_path):
     assert buffer.group_filter.name == "weighted" and buffer.group_filter.weights == [1.0, 0.5]
     assert buffer._adaptive.k_map.tolist() == [8, 8, 6, 4] and buffer._adaptive.warmup_k == 8
     assert buffer.keep_signal == "swap"
+    assert buffer.advantage_std == "sample"
+    assert buffer.row_multiple == 32 * 16  # ppo_mini_batch_size x rollout.n of the GFPO command
     # The tokenizer line is an interpolation of the model path (loading Qwen's tokenizer needs the network).
-    assert lines[3] == "+trainer.v1.sampler.sampler_kwargs.tokenizer=${actor_rollout_ref.model.path}"
+    assert lines[5] == "+trainer.v1.sampler.sampler_kwargs.tokenizer=${actor_rollout_ref.model.path}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import warnings
 
 import numpy as np
@@ -14,34 +15,20 @@ pytest.importorskip("verl")
 pytest.importorskip("transfer_queue")
 
 import torch  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 from verl.trainer.ppo import core_algos  # noqa: E402
 from verl.trainer.ppo.v1 import get_trainer_cls  # noqa: E402
 
-from gfpo_filters.errors import GFPOFilterWarning  # noqa: E402
+from gfpo_filters.errors import GFPOFilterWarning, IgnoredSettingWarning  # noqa: E402
 from gfpo_filters.integrations.verl import GFPOReplayBuffer, GFPOReplayBufferAsync  # noqa: E402
-from tests.verl.conftest import N, gfpo_overrides, new_uid, write_group  # noqa: E402
-
-
-def build_buffer(config):
-    """The replay buffer exactly as verl's trainer builds it (``PPOTrainer._build_replay_buffer``)."""
-    trainer = object.__new__(get_trainer_cls(config.trainer.v1.trainer_mode))
-    trainer.config = config
-    trainer.trainer_mode = config.trainer.v1.trainer_mode
-    return trainer._build_replay_buffer()
-
-
-def gfpo_config(make_config, mode="sync", **sampler_kwargs):
-    sampler_kwargs.setdefault("filter", "length")
-    sampler_kwargs.setdefault("num_remains_in_group", 3)
-    return make_config(
-        **{"actor_rollout_ref.rollout.n": N, "trainer.v1.trainer_mode": mode},
-        **gfpo_overrides(**sampler_kwargs),
-    )
-
-
-def present_keys(tq, partition):
-    return {k for k, tag in tq.kv_list(partition_id=partition).get(partition, {}).items() if not tag.get("is_prompt")}
-
+from tests.verl.conftest import (  # noqa: E402
+    build_buffer,
+    gfpo_config,
+    gfpo_overrides,
+    new_uid,
+    present_keys,
+    write_group,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Selection on a sampled batch
@@ -103,7 +90,8 @@ def test_multi_output_sessions_stay_whole(transfer_queue, partition, make_config
         c,
         [[(1, 1.0), (6, 1.0)], [(5, 0.0)], [(3, 1.0), (1, 1.0)], [(2, 0.0), (4, 0.0)]],
     )
-    config = gfpo_config(make_config, num_remains_in_group=2)
+    # verl's GRPO counts each session once (gfpo refuses several outputs: tests/verl/test_advantages.py).
+    config = gfpo_config(make_config, adv_estimator="grpo", num_remains_in_group=2, advantage_std="sample")
     buffer = build_buffer(config)
     batch, metrics = buffer.sample(global_steps=0, partition_id=partition, batch_size=1)
 
@@ -137,6 +125,64 @@ def test_a_failed_session_is_never_kept(transfer_queue, partition, make_config, 
     lengths = [GROUP_A[s][0][0] for s in kept_sessions]
     assert metrics["gfpo/kept_length_mean"] == metrics["gfpo/all_length_mean"] == pytest.approx(sum(lengths) / 3)
     assert metrics["gfpo/kept_fraction"] == pytest.approx(3 / 4)  # of the 4 slots, the failed one included
+
+
+# Lengths are tokens the policy wrote: response_mask sums. Session 0 has 9 response tokens of which 6
+# are a tool's output (response_mask 0), so the policy wrote 3; the others wrote 4, 5 and 7.
+TOOL_GROUP = [[(9, 1.0, 6)], [(4, 0.0)], [(5, 1.0)], [(7, 0.0)]]
+
+
+def test_lengths_count_only_tokens_the_policy_wrote(transfer_queue, partition, make_config):
+    """The length filter keeps the 2 sessions the policy wrote least for: s0 (3 of 9) and s1 (4). By
+    len(responses) it would keep s1 (4) and s2 (5)."""
+    u = new_uid()
+    write_group(transfer_queue, partition, u, TOOL_GROUP)
+    buffer = build_buffer(gfpo_config(make_config, num_remains_in_group=2))
+    batch, metrics = buffer.sample(global_steps=0, partition_id=partition, batch_size=1)
+    assert set(batch.keys) == {f"{u}_0_0", f"{u}_1_0"}
+    assert metrics["gfpo/kept_length_mean"] == pytest.approx((3 + 4) / 2)
+    assert metrics["gfpo/all_length_mean"] == pytest.approx((3 + 4 + 5 + 7) / 4)
+
+
+def test_a_filter_is_given_the_policy_lengths(transfer_queue, partition):
+    seen = {}
+
+    def record(group_completions, group_rewards, completion_lengths):
+        seen["lengths"] = [[int(n) for n in g] for g in completion_lengths]
+        return [[0.0] * len(g) for g in group_completions]
+
+    write_group(transfer_queue, partition, new_uid(), TOOL_GROUP)
+    buffer = GFPOReplayBuffer(
+        trainer_mode="sync",
+        trainer_config={},
+        max_off_policy_threshold=None,
+        max_off_policy_strategy="drop",
+        sampler_kwargs={"filter": record, "num_remains_in_group": 2},
+    )
+    buffer.sample(global_steps=0, partition_id=partition, batch_size=1)
+    assert seen["lengths"] == [[3, 4, 5, 7]]
+
+
+def test_response_length_before_and_after_the_filter(transfer_queue, partition, make_config):
+    """verl's response_length/* describe the kept rows only; the buffer logs the policy's own lengths over
+    every sampled session next to the kept ones. A session is clipped when a response reached
+    actor_rollout_ref.rollout.response_length (7 here): s3 of both groups (7), and s0 of TOOL_GROUP (9
+    tokens with the tool's, though the policy wrote 3)."""
+    a, t = new_uid(), new_uid()
+    write_group(transfer_queue, partition, a, GROUP_A)
+    write_group(transfer_queue, partition, t, TOOL_GROUP)
+    config = gfpo_config(make_config)
+    config.actor_rollout_ref.rollout.response_length = 7
+    batch, metrics = build_buffer(config).sample(global_steps=0, partition_id=partition, batch_size=2)
+    # GROUP_A keeps lengths 2, 3, 5; TOOL_GROUP keeps 3 (clipped), 4, 5.
+    assert metrics["gfpo/sampled_response_length/mean"] == pytest.approx((5 + 2 + 3 + 7 + 3 + 4 + 5 + 7) / 8)
+    assert metrics["gfpo/sampled_response_length/max"] == 7
+    assert metrics["gfpo/sampled_response_length/min"] == 2
+    assert metrics["gfpo/sampled_response_length/clip_ratio"] == pytest.approx(3 / 8)
+    assert metrics["gfpo/kept_response_length/mean"] == pytest.approx((2 + 3 + 5 + 3 + 4 + 5) / 6)
+    assert metrics["gfpo/kept_response_length/max"] == 5
+    assert metrics["gfpo/kept_response_length/min"] == 2
+    assert metrics["gfpo/kept_response_length/clip_ratio"] == pytest.approx(1 / 6)
 
 
 def test_validation_is_not_filtered(transfer_queue, make_config):
@@ -227,10 +273,13 @@ def test_the_trainer_builds_it_from_the_documented_config(make_config):
             "actor_rollout_ref.rollout.n": 8,
             "data.train_batch_size": 8,
             "actor_rollout_ref.actor.ppo_mini_batch_size": 4,
+            "algorithm.adv_estimator": "gfpo",
         },
         **gfpo_overrides(filter="token_efficiency", num_remains_in_group=4),
     )
-    trainer = get_trainer_cls("sync")(config=config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GFPOFilterWarning)
+        trainer = get_trainer_cls("sync")(config=config)
     buffer = trainer.replay_buffer
     assert type(buffer) is GFPOReplayBuffer
     assert buffer.group_filter.name == "token_efficiency" and buffer.num_remains_in_group == 4
@@ -275,11 +324,37 @@ def test_a_colocated_reward_model_is_refused_with_what_to_configure(make_config)
     assert build_buffer(config).num_remains_in_group == 3
 
 
-def test_dapo_dynamic_sampling_is_reported_as_ignored(make_config):
-    config = gfpo_config(make_config)
-    config.algorithm.filter_groups.enable = True
-    with pytest.warns(GFPOFilterWarning, match="filter_groups .* is ignored"):
+# Settings verl's PPOTrainer._build_replay_buffer passes only to its own buffers (verl 0.9.1), per mode.
+IGNORED = [
+    ("algorithm.filter_groups.enable", "sync", r"algorithm.filter_groups .*DAPO.* is ignored"),
+    ("algorithm.filter_groups.enable", "colocate_async", r"algorithm.filter_groups .*DAPO.* is ignored"),
+    ("algorithm.filter_groups.enable", "separate_async", r"algorithm.filter_groups .*DAPO.* is ignored"),
+    ("trainer.v1.sampler.sync_refill_failed_groups", "sync", r"sync_refill_failed_groups=True is ignored"),
+]
+
+
+@pytest.mark.parametrize(("setting", "mode", "message"), IGNORED)
+def test_settings_verl_drops_for_a_custom_sampler_are_named(make_config, setting, mode, message):
+    config = gfpo_config(make_config, mode=mode)
+    assert not ignored_setting_warnings(config)  # not set: no word
+    OmegaConf.update(config, setting, True)
+    (warning,) = ignored_setting_warnings(config)
+    assert re.search(message, str(warning.message))
+
+
+@pytest.mark.parametrize("mode", ["colocate_async", "separate_async"])
+def test_sync_refill_is_not_reported_in_async_modes(make_config, mode):
+    """verl's own async buffer always refills failed groups and reads no sync_refill_failed_groups: nothing is lost."""
+    config = gfpo_config(make_config, mode=mode)
+    config.trainer.v1.sampler.sync_refill_failed_groups = True
+    assert not ignored_setting_warnings(config)
+
+
+def ignored_setting_warnings(config) -> list[warnings.WarningMessage]:
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
         build_buffer(config)
+    return [w for w in record if issubclass(w.category, IgnoredSettingWarning)]
 
 
 def test_async_buffer_refuses_sync_mode(make_config):
@@ -327,6 +402,7 @@ def test_batch_padding_with_and_without_the_sizing_rule(transfer_queue, partitio
                 "actor_rollout_ref.rollout.n": 8,
                 "data.train_batch_size": prompts,
                 "actor_rollout_ref.actor.ppo_mini_batch_size": mini,
+                "algorithm.adv_estimator": "gfpo",
             },
             **gfpo_overrides(filter="length", num_remains_in_group=3),
         )
@@ -342,6 +418,60 @@ def test_batch_padding_with_and_without_the_sizing_rule(transfer_queue, partitio
 
     kept, (rows, synthetic), _ = run(prompts=8, mini=3)
     assert (kept, rows, synthetic) == (24, 24, 0)
+
+
+def test_fill_batch_multiple_keeps_real_rows_instead_of_synthetic_ones(transfer_queue, partition, make_config):
+    """Adaptive k with 4 prompts of n = 8 and ppo_mini_batch_size = 1: verl's multiple is 8 rows. Mean rewards
+    0, 1/8, 1/2 and 1 fall in the 4 buckets, which keep 3, 3, 2 and 2: 10 rows, which verl pads to 16 with 6
+    synthetic ones. With fill_batch_multiple the buffer keeps 6 more ranked rows instead, hardest prompts first,
+    one per prompt per round: 2 rounds over the prompts (very hard, hard, medium, easy), then very hard and hard
+    once more. The length filter ranks by length, so each prompt adds its next shortest sessions."""
+    rewards = ([0] * 8, [1] + [0] * 7, [1, 0] * 4, [1] * 8)
+
+    def run(fill):
+        uids = [new_uid() for _ in rewards]
+        for uid, r in zip(uids, rewards):
+            write_group(transfer_queue, partition, uid, [[(s + 1, float(x))] for s, x in enumerate(r)])
+        config = make_config(
+            **{
+                "actor_rollout_ref.rollout.n": 8,
+                "data.train_batch_size": 4,
+                "actor_rollout_ref.actor.ppo_mini_batch_size": 1,
+                "algorithm.adv_estimator": "gfpo",
+            },
+            **gfpo_overrides(
+                filter="length",
+                num_remains_in_group=2,
+                adaptive_k=[3, 3, 2, 2],
+                fill_batch_multiple=fill,
+            ),
+        )
+        buffer = build_buffer(config)
+        batch, metrics = buffer.sample(global_steps=0, partition_id=partition, batch_size=4)
+        per_prompt = [sum(key.startswith(uid) for key in batch.keys) for uid in uids]
+        return per_prompt, metrics, padded_rows(config, batch, transfer_queue)
+
+    per_prompt, metrics, (rows, synthetic) = run(False)
+    assert (per_prompt, rows, synthetic, metrics["gfpo/rounding_rows"]) == ([3, 3, 2, 2], 16, 6, 0)
+    per_prompt, metrics, (rows, synthetic) = run(True)
+    assert (per_prompt, rows, synthetic, metrics["gfpo/rounding_rows"]) == ([5, 5, 3, 3], 16, 0, 6)
+    assert metrics["gfpo/kept_rows"] == 16
+
+
+def test_fill_batch_multiple_needs_whole_mini_batches_in_the_sampled_batch(make_config):
+    """With 6 prompts and ppo_mini_batch_size = 4, 48 sampled rows are not a multiple of 4 x 8 = 32: filling could
+    ask for more rows than were sampled, so the buffer refuses it at construction."""
+    config = make_config(
+        **{
+            "actor_rollout_ref.rollout.n": 8,
+            "data.train_batch_size": 6,
+            "actor_rollout_ref.actor.ppo_mini_batch_size": 4,
+            "algorithm.adv_estimator": "gfpo",
+        },
+        **gfpo_overrides(filter="length", num_remains_in_group=2, adaptive_k=[3, 3, 2, 2], fill_batch_multiple=True),
+    )
+    with pytest.raises(ValueError, match=r"fill_batch_multiple.*48 rows.*multiple of 32.*train_batch_size"):
+        build_buffer(config)
 
 
 @contextlib.contextmanager

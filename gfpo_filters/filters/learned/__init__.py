@@ -22,6 +22,8 @@ imported only when the filter is built.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from gfpo_filters.base import GroupFilter
-from gfpo_filters.errors import FilterOutputError, GroupInputError
+from gfpo_filters.errors import FilterOutputError, FilterStateError, GroupInputError
 from gfpo_filters.groups import Groups, completion_text
 from gfpo_filters.hookspecs import hookimpl
 from gfpo_filters.params import check_bool, check_choice, check_int
@@ -209,6 +211,54 @@ class LearnedFilter(GroupFilter):
         module.to(self._default_device(device))
         module.eval()
         return module, tokenizer
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        """What identifies the model: where it came from and a fingerprint of its weights (and scorer settings).
+
+        The filter has no state that changes; this lets a resumed run check that it scores with the
+        same model as the run it resumes (:meth:`load_state_dict`).
+        """
+        return {"model": self._model_label(), "fingerprint": self._fingerprint()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state:
+            return
+        saved = state.get("fingerprint") if isinstance(state, dict) else None
+        if saved != self._fingerprint():
+            label = state.get("model") if isinstance(state, dict) else None
+            raise FilterStateError(
+                f"filter 'learned': the checkpoint was saved with model {label!r} (fingerprint {str(saved)[:12]}), "
+                f"but this run scores with {self._model_label()!r} (fingerprint {self._fingerprint()[:12]}): "
+                "the resumed run would keep other rows. Resume with the same model, or start a new run"
+            )
+
+    def _model_label(self) -> str:
+        if self._kind == "builtin":
+            return f"checkpoint {str(self.checkpoint)}"
+        if isinstance(self.model, (str, Path)):
+            return f"model directory {str(self.model)}"
+        return f"module {type(self._module).__qualname__}"
+
+    def _fingerprint(self) -> str:
+        """sha256 of the weights (every tensor of the state dict, with its name, dtype and shape); computed once."""
+        cached = getattr(self, "_fingerprint_value", None)
+        if cached is not None:
+            return cached
+        digest = hashlib.sha256()
+        if self._kind == "builtin":
+            settings = {k: v for k, v in self._scorer.to_checkpoint().items() if k not in ("state_dict", "training")}
+            settings.pop("gfpo_filters_version", None)
+            digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+            module = self._scorer.model
+        else:
+            module = self._module
+        for name, tensor in module.state_dict().items():
+            t = tensor.detach().cpu().contiguous()
+            digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            digest.update(t.reshape(-1).view(self._torch.uint8).numpy().tobytes())
+        self._fingerprint_value = digest.hexdigest()
+        return self._fingerprint_value
 
     # ------------------------------------------------------------------ scoring
     def score(self, groups: Groups) -> np.ndarray:

@@ -1,0 +1,171 @@
+"""The effect of GFPO settings on a family of toy tasks: reward and length against GRPO, over seeds.
+
+Every task of :data:`gfpo_filters.toy.TASKS` (the demo's ``x``; ``prompt_letter``, whose right letter depends on the
+prompt; ``long_x``, where a right answer needs at least 20 letters) is trained with GRPO, the paper's GFPO
+(``length`` and ``token_efficiency``, ``keep_signal`` off) and ``token_efficiency`` with every ``keep_signal`` mode,
+from the same seeds: the tiny Llama of :mod:`gfpo_filters.toy`, G = 16, k = 4 (``-k``), 2 prompts per step,
+lr 5e-4, one thread per run (``gfpo_filters.demo.train_variant``).
+
+"start" is the first log (mean over steps 1-10), "end" the mean of the last 5 logs (the last 50 steps): mean reward
+and mean length of all 16 samples. Ratios to GRPO are taken seed by seed, then averaged; the spread is their min and
+max over seeds. A setting ends below its start when its end reward is lower than its own start on some seed.
+
+Every finished run is appended to ``--results`` (JSON lines) and reused by the next call with the same steps,
+learning rate and k, so a table can be built, interrupted and extended a few runs at a time::
+
+    OMP_NUM_THREADS=1 python benchmarks/effect.py                                 # everything: 3 tasks x 3 seeds
+    OMP_NUM_THREADS=1 python benchmarks/effect.py --tasks long_x --settings grpo,token_efficiency:matched --seeds 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gfpo_filters.demo import train_variant  # noqa: E402
+from gfpo_filters.step import KEEP_SIGNAL  # noqa: E402
+from gfpo_filters.toy import TASKS  # noqa: E402
+
+#: Settings: "grpo", or "filter:keep_signal mode". ``swap_long`` is left out: with ``token_efficiency`` on 0/1 rewards
+#: it keeps exactly what ``swap`` keeps (docs/keep_signal.md), so its runs are ``swap``'s.
+SETTINGS = ["grpo", "length:off", "token_efficiency:off"] + [
+    f"token_efficiency:{m}" for m in KEEP_SIGNAL if m not in ("off", "swap_long")
+]
+LAST = 5  # logs averaged for "end" (5 x 10 steps)
+
+
+def summary(history: list[dict]) -> dict[str, float]:
+    end = history[-LAST:]
+    return {
+        "reward_start": history[0]["reward"],
+        "length_start": history[0]["length"],
+        "reward": sum(h["reward"] for h in end) / len(end),
+        "length": sum(h["length"] for h in end) / len(end),
+    }
+
+
+def load(path: Path) -> dict[tuple, dict]:
+    runs = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                runs[tuple(r["key"])] = r
+    return runs
+
+
+def train(task: str, setting: str, seed: int, args: argparse.Namespace) -> dict:
+    name, mode = (None, "off") if setting == "grpo" else setting.split(":")
+    result = train_variant(setting, name, None if name is None else args.k, args.steps, seed, args.lr, mode, task=task)
+    return {"seconds": result["seconds"], **summary(result["history"]), "history": result["history"]}
+
+
+def spread(values: list[float]) -> str:
+    mean = sum(values) / len(values)
+    return f"{mean:.2f} ({min(values):.2f}-{max(values):.2f})" if len(values) > 1 else f"{mean:.2f}"
+
+
+def table(task: str, settings: list[str], seeds: list[int], runs: dict, base: tuple) -> list[str]:
+    lines = [
+        f"**{task}**: {TASKS[task][1]}",
+        "",
+        "| setting | reward start → end | length start → end | reward / GRPO | length / GRPO | ends below start |",
+        "|---|---|---|---|---|---|",
+    ]
+    grpo = {s: runs.get((task, "grpo", s, *base)) for s in seeds}
+    for setting in settings:
+        rs = {s: runs[(task, setting, s, *base)] for s in seeds if (task, setting, s, *base) in runs}
+        if not rs:
+            continue
+
+        def mean(key, rs=rs):
+            return sum(r[key] for r in rs.values()) / len(rs)
+
+        paired = [s for s in rs if grpo[s]]
+        rr = [rs[s]["reward"] / grpo[s]["reward"] for s in paired]
+        lr = [rs[s]["length"] / grpo[s]["length"] for s in paired]
+        below = [
+            f"seed {s}: {rs[s]['reward'] - rs[s]['reward_start']:+.2f}"
+            for s in rs
+            if rs[s]["reward"] < rs[s]["reward_start"]
+        ]
+        label = "GRPO" if setting == "grpo" else f"`{setting.split(':')[0]}` {setting.split(':')[1]}"
+        lines.append(
+            f"| {label} | {mean('reward_start'):.2f} → {mean('reward'):.3f} | {mean('length_start'):.1f} → "
+            f"{mean('length'):.1f} | {spread(rr) if rr else ''} | {spread(lr) if lr else ''} | "
+            f"{', '.join(below) if below else 'none'} |"
+        )
+    lines.append("")
+    lines.append(f"seeds {','.join(map(str, seeds))}; per seed (end reward / end length):")
+    for setting in settings:
+        cells = [
+            f"{runs[key]['reward']:.2f}/{runs[key]['length']:.1f}"
+            for s in seeds
+            if (key := (task, setting, s, *base)) in runs
+        ]
+        if cells:
+            lines.append(f"    {setting:<32} " + "  ".join(cells))
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", default=",".join(TASKS), help=f"toy tasks (default {','.join(TASKS)})")
+    parser.add_argument("--settings", default=",".join(SETTINGS), help="grpo or filter:mode, comma-separated")
+    parser.add_argument("--modes", help="shorthand: token_efficiency with these keep_signal modes (plus grpo)")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("-k", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--results", default="effect-results.jsonl", help="runs cache (JSON lines)")
+    parser.add_argument("--table-only", action="store_true", help="print the table from --results, train nothing")
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+    tasks = args.tasks.split(",")
+    settings = (
+        args.settings.split(",")
+        if not args.modes
+        else ["grpo"] + [f"token_efficiency:{m}" for m in args.modes.split(",")]
+    )
+    for task in tasks:
+        if task not in TASKS:
+            parser.error(f"unknown task {task!r}: choose from {', '.join(TASKS)}")
+    for setting in settings:
+        if setting != "grpo" and (setting.count(":") != 1 or setting.split(":")[1] not in KEEP_SIGNAL):
+            parser.error(f"setting {setting!r}: use grpo or filter:mode with a mode of {', '.join(KEEP_SIGNAL)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    base = (args.steps, args.lr, args.k)
+    path = Path(args.results)
+    runs = load(path)
+    start = time.perf_counter()
+    # Seed by seed, so that an interrupted table still compares every setting on the seeds it finished.
+    todo = [(t, st, s) for s in seeds for t in tasks for st in settings if (t, st, s, *base) not in runs]
+    if not args.table_only:
+        for i, (task, setting, seed) in enumerate(todo):
+            run = {"key": [task, setting, seed, *base], **train(task, setting, seed, args)}
+            runs[tuple(run["key"])] = run
+            with path.open("a") as f:
+                f.write(json.dumps(run) + "\n")
+            print(
+                f"  [{i + 1}/{len(todo)}] {task} {setting} seed {seed}: reward {run['reward_start']:.2f} -> "
+                f"{run['reward']:.3f}, length {run['length_start']:.1f} -> {run['length']:.1f} "
+                f"({run['seconds']:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+    print(f"{args.steps} steps, k = {args.k} of 16, lr {args.lr}; end = mean of the last 50 steps\n")
+    for task in tasks:
+        print("\n".join(table(task, settings, seeds, runs, base)) + "\n")
+    print(f"{len(todo)} runs trained in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

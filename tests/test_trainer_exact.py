@@ -1,0 +1,147 @@
+"""GFPO's training step is TRL's GRPOTrainer step on the kept rows, for every loss type and feature (issue 16).
+
+Each case (``trainer_utils.exact_case``) trains GFPOTrainer on a tiny model for whole optimizer steps (several
+micro-batches, gradient accumulation, SGD, no clipping), with off-policy old log-probs and importance ratios so that
+the loss is not 0, recording the gradient of every optimizer step. Then TRL's own GRPOTrainer, whose generation
+only returns the rows GFPO kept (laid out by TRL's rules in ``trainer_utils.reference_batch``, not by the adapter)
+and restores the RNG state GFPO's shuffle drew from, trains from the same initial model with the same processes,
+``steps_per_generation`` and accumulation: TRL does the shuffle, the micro-batches, every loss normaliser, the entropy
+bonus, the router loss, DDP and the optimizer. Gradients, losses and parameters must agree.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("trl")
+
+from tests.trainer_utils import (  # noqa: E402
+    EXACT_FEATURES,
+    LOSS_TYPES,
+    TWO_PROCESS_CASES,
+    exact_case,
+    exact_features,
+    run_two_processes,
+)
+
+pytestmark = pytest.mark.trainer
+
+FEATURES = list(exact_features())
+
+
+def assert_same_training(case, processes=1):
+    gfpo, grpo = case["gfpo"], case["grpo"]
+    assert grpo is not None, "the kept rows did not fill equal micro-batches"
+    for kept, _ in case["decisions"]:
+        assert kept.sum() % processes == 0
+    assert len(gfpo["grads"]) == len(grpo["grads"]) >= 1
+    assert len(gfpo["micro_batches"]) == len(grpo["micro_batches"])
+    # The same micro-batches: the same rows (advantages and tokens) in the same order.
+    for a, b in zip(gfpo["micro_batches"], grpo["micro_batches"]):
+        torch.testing.assert_close(a["advantages"], b["advantages"], rtol=0, atol=0)
+        assert a["completion_mask"].sum(1).tolist() == b["completion_mask"].sum(1).tolist()
+    assert max(abs(x) for x in grpo["losses"]) > 1e-3  # off-policy: a loss that a wrong scale would change
+    assert gfpo["losses"] == pytest.approx(grpo["losses"], rel=1e-5, abs=1e-8)
+    for ga, gb in zip(gfpo["grads"], grpo["grads"]):
+        assert ga.keys() == gb.keys() and ga
+        for name in gb:
+            torch.testing.assert_close(ga[name], gb[name], rtol=1e-5, atol=1e-8, msg=lambda m, n=name: f"{n}: {m}")
+    for name, p in grpo["params"].items():
+        torch.testing.assert_close(gfpo["params"][name], p, rtol=1e-5, atol=1e-7)
+
+
+def assert_fields_as_trl_lays_them_out(case):
+    """Every field GFPO trains on holds what TRL's own batch of the kept rows holds; past a row's end, where TRL's
+    value is a model's output, any finite value (it is masked in every loss term)."""
+    for trained, reference, free in zip(case["trained"], case["references"], case["free"]):
+        assert trained.keys() == reference.keys()
+        for key, want in reference.items():
+            got = trained[key]
+            if not torch.is_tensor(want):
+                assert got == want, key
+                continue
+            assert got.shape == want.shape and got.dtype == want.dtype, (key, got.shape, want.shape)
+            if key in free:
+                assert torch.isfinite(got).all(), key
+                got, want = got.masked_fill(free[key], 0), want.masked_fill(free[key], 0)
+            assert torch.equal(got, want), f"{key}: {got} != {want}"
+
+
+@pytest.mark.parametrize("feature", FEATURES)
+@pytest.mark.parametrize("loss_type", list(LOSS_TYPES))
+def test_step_is_grpo_on_the_kept_rows(tmp_path, loss_type, feature):
+    case = exact_case(str(tmp_path), loss_type, feature)
+    assert_same_training(case)
+    assert_fields_as_trl_lays_them_out(case)
+    # The base case keeps 9 rows by k; the step keeps a tenth so that 2 micro-batches of 5 need no padding row.
+    if feature == "base":
+        assert [int(k.sum()) for k, _ in case["decisions"]] == [10]
+
+
+def test_no_padding_row_and_rounding_is_logged(tmp_path):
+    case = exact_case(str(tmp_path), "bnpo", "spg>gas")
+    # 3 groups x k=2 = 6 rows over 4 micro-batches: 8 kept, 2 per micro-batch, every one a real row.
+    assert [int(k.sum()) for k, _ in case["decisions"]] == [8]
+    assert [len(b["advantages"]) for b in case["gfpo"]["micro_batches"]] == [2, 2, 2, 2]
+    assert all((b["completion_mask"].sum(1) > 0).all() for b in case["gfpo"]["micro_batches"])
+
+
+@pytest.mark.distributed
+def test_step_is_grpo_on_the_kept_rows_on_two_processes(tmp_path):
+    """TWO_PROCESS_CASES on two processes (gloo), in one torchrun launch: 9 kept rows per process become 20 over both
+    (5 per micro-batch and process), rows move between processes and are re-padded, DDP averages."""
+    cases = [(loss, feature) for loss, feature in TWO_PROCESS_CASES if feature in FEATURES]
+    run_two_processes(tmp_path, "exact", ",".join(f"{a}:{b}" for a, b in cases), timeout=2400)
+    failures = []
+    for loss_type, feature in cases:
+        ranks = [torch.load(tmp_path / f"{loss_type}-{feature}-rank{r}.pt", weights_only=False) for r in range(2)]
+        try:
+            for case in ranks:
+                assert_same_training(case, processes=2)
+                assert_fields_as_trl_lays_them_out(case)
+            # Both processes trained from one decision.
+            for (k0, a0), (k1, a1) in zip(ranks[0]["decisions"], ranks[1]["decisions"]):
+                assert np.array_equal(k0, k1) and np.array_equal(a0, a1)
+        except AssertionError as e:
+            failures.append(f"{loss_type} x {feature}: {str(e)[:300]}")
+    assert not failures, "\n".join(failures)
+
+
+def test_the_matrix_skips_nothing_on_trl_116():
+    import trl
+    from packaging.version import Version
+
+    if Version(trl.__version__) < Version("1.16"):
+        pytest.skip(f"TRL {trl.__version__} lacks some features: {sorted(set(EXACT_FEATURES) - set(FEATURES))}")
+    assert FEATURES == list(EXACT_FEATURES)
+
+
+def test_a_widened_row_keeps_its_vespo_weight():
+    """Finding 1 of issue 16, with TRL's own function: VESPO's weight sums log(importance ratio) over every column,
+    unmasked, so the columns a moved row gains must hold TRL's value there, exp(0) = 1. The adapter before issue 16
+    padded 0, which took the row's weight from about 1 to about 2e-15."""
+    from trl import GRPOTrainer
+
+    from gfpo_filters.integrations.trl import COMPLETION_FIELDS
+
+    if not hasattr(GRPOTrainer, "get_gamma_weights"):
+        pytest.skip("this TRL has no VESPO")
+    advantages, log_ratio = torch.tensor([[0.7]]), torch.tensor([[0.05, -0.02, 0.01]])
+    ratio, mask = torch.tensor([[1.1, 0.9, 1.05]]), torch.ones(1, 3)
+    phi = GRPOTrainer.get_gamma_weights(advantages, log_ratio, mask, ratio)
+    pad = COMPLETION_FIELDS["importance_sampling_ratio"]
+    widened = GRPOTrainer.get_gamma_weights(
+        advantages,
+        torch.nn.functional.pad(log_ratio, (0, 2)),
+        torch.nn.functional.pad(mask, (0, 2)),
+        torch.nn.functional.pad(ratio, (0, 2), value=pad),
+    )
+    assert 0.5 < float(phi) <= 1.0  # near 1: the ratios are near 1
+    torch.testing.assert_close(widened, phi)
+    zero = GRPOTrainer.get_gamma_weights(
+        advantages, torch.nn.functional.pad(log_ratio, (0, 2)), torch.nn.functional.pad(mask, (0, 2)),
+        torch.nn.functional.pad(ratio, (0, 2), value=0.0),
+    )  # fmt: skip
+    assert float(zero) < 1e-10  # what padding with 0 did
