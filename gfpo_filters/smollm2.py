@@ -27,12 +27,12 @@ class Arm:
 
 
 #: The arms compared: GRPO, the paper's GFPO (token_efficiency, 3 of 8), and ``recommended``: the same filter and k
-#: with ``keep_signal=True``, the mode docs/keep_signal.md recommends for 0/1 rewards (benchmarks/smollm2.py
+#: with ``keep_signal="typical"``, the mode docs/keep_signal.md recommends for 0/1 rewards (benchmarks/smollm2.py
 #: ``--keep-signal MODE`` names another).
 ARMS: dict[str, Arm] = {
     "grpo": Arm(),
     "token_efficiency": Arm("token_efficiency", 3, "off"),
-    "recommended": Arm("token_efficiency", 3, True),
+    "recommended": Arm("token_efficiency", 3, "typical"),
 }
 
 

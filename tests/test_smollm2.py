@@ -220,8 +220,6 @@ def test_example_script_trains_smollm2_from_its_yaml(tmp_path, monkeypatch):
     import sys
     from pathlib import Path
 
-    from gfpo_filters.step import KEEP_SIGNAL_DEFAULT
-
     examples = Path(__file__).resolve().parents[1] / "examples"
     monkeypatch.syspath_prepend(str(examples))
     spec = importlib.util.spec_from_file_location("train_gfpo", examples / "train_gfpo.py")
@@ -234,7 +232,7 @@ def test_example_script_trains_smollm2_from_its_yaml(tmp_path, monkeypatch):
             "--bf16", "false"]  # fmt: skip
     script_args, training_args, model_args = example.parse(argv)
     assert model_args.model_name_or_path == "smollm2" and script_args.dataset_name == "addition"  # the YAML file
-    assert script_args.reward_funcs == ["correct_sum"] and training_args.keep_signal == KEEP_SIGNAL_DEFAULT
+    assert script_args.reward_funcs == ["correct_sum"] and training_args.keep_signal == "typical"
     trainer = example.main(script_args, training_args, model_args)
     assert trainer.model.is_quantized is False and trainer.group_filter_func.name == "token_efficiency"
     logged = trainer.state.log_history[0]
