@@ -70,7 +70,7 @@ KEEP_SIGNAL = {
     "typical": "the filter's best k/2 above the mean reward; the k/2 at or below it nearest their median length",
 }
 #: What ``keep_signal=True`` means (benchmarks/keep_signal.py, benchmarks/effect.py; docs/keep_signal.md says why
-#: it is not ``"typical"``, the mode recommended for 0/1 rewards).
+#: it is not ``"typical"``, the best mode on the toy tasks, which collapsed on one real-model seed of four).
 KEEP_SIGNAL_DEFAULT = "swap"
 
 
