@@ -83,24 +83,12 @@ def reward(completions, **kwargs) -> list[float]:
 
 
 def vllm_args(output_dir: str, **overrides: Any):
-    from gfpo_filters.trainer import GFPOConfig
+    """The trainer tests' tiny configuration, generating with vLLM (colocate) and importance-sampling correction."""
+    from tests.trainer_utils import tiny_args
 
     config = dict(
-        output_dir=output_dir,
         per_device_train_batch_size=8,
-        num_generations=4,
-        num_remains_in_group=3,
         max_completion_length=12,
-        learning_rate=1e-3,
-        max_steps=1,
-        logging_steps=1,
-        report_to="none",
-        use_cpu=True,
-        beta=0.0,
-        save_strategy="no",
-        disable_tqdm=True,
-        seed=0,
-        bf16=False,
         use_vllm=True,
         vllm_mode="colocate",
         vllm_max_model_length=64,
@@ -109,8 +97,7 @@ def vllm_args(output_dir: str, **overrides: Any):
         vllm_importance_sampling_clip_max=CLIP_MAX,
         temperature=1.0,
     )
-    config.update(overrides)
-    return GFPOConfig(**config)
+    return tiny_args(output_dir, **{**config, **overrides})
 
 
 class Step:
