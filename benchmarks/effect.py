@@ -62,7 +62,17 @@ def load(path: Path) -> dict[tuple, dict]:
 
 def train(task: str, setting: str, seed: int, args: argparse.Namespace) -> dict:
     name, mode = (None, "off") if setting == "grpo" else setting.split(":")
-    result = train_variant(setting, name, None if name is None else args.k, args.steps, seed, args.lr, mode, task=task)
+    result = train_variant(
+        setting,
+        name,
+        None if name is None else args.k,
+        args.steps,
+        seed,
+        args.lr,
+        mode,
+        task=task,
+        gfpo_loss_normalizer=args.normalizer,
+    )
     return {"seconds": result["seconds"], **summary(result["history"]), "history": result["history"]}
 
 
@@ -123,6 +133,9 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("-k", type=int, default=4)
     parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument(
+        "--normalizer", default="kept", choices=["kept", "all"], help="GFPOConfig.gfpo_loss_normalizer (default kept)"
+    )
     parser.add_argument("--results", default="effect-results.jsonl", help="runs cache (JSON lines)")
     parser.add_argument("--table-only", action="store_true", help="print the table from --results, train nothing")
     args = parser.parse_args()
@@ -141,7 +154,8 @@ def main() -> int:
         if setting != "grpo" and (setting.count(":") != 1 or setting.split(":")[1] not in KEEP_SIGNAL):
             parser.error(f"setting {setting!r}: use grpo or filter:mode with a mode of {', '.join(KEEP_SIGNAL)}")
     seeds = [int(s) for s in args.seeds.split(",")]
-    base = (args.steps, args.lr, args.k)
+    # The normaliser joins the runs' key only when it is not the default, so older result files still load.
+    base = (args.steps, args.lr, args.k) + (() if args.normalizer == "kept" else (args.normalizer,))
     path = Path(args.results)
     runs = load(path)
     start = time.perf_counter()
@@ -160,7 +174,10 @@ def main() -> int:
                 file=sys.stderr,
                 flush=True,
             )
-    print(f"{args.steps} steps, k = {args.k} of 16, lr {args.lr}; end = mean of the last 50 steps\n")
+    print(
+        f"{args.steps} steps, k = {args.k} of 16, lr {args.lr}, gfpo_loss_normalizer {args.normalizer!r}; "
+        "end = mean of the last 50 steps\n"
+    )
     for task in tasks:
         print("\n".join(table(task, settings, seeds, runs, base)) + "\n")
     print(f"{len(todo)} runs trained in {time.perf_counter() - start:.0f} s", file=sys.stderr)

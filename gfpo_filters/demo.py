@@ -66,6 +66,7 @@ def train_variant(
     lr: float,
     keep_signal: bool | str = False,
     task: str = "x",
+    gfpo_loss_normalizer: str = "kept",
 ) -> dict[str, Any]:
     """Train one variant on a task of :data:`gfpo_filters.toy.TASKS` and return its logged history (a worker)."""
     from gfpo_filters.toy import TASKS
@@ -108,6 +109,7 @@ def train_variant(
         disable_tqdm=True,
         bf16=False,
         keep_signal=keep_signal,
+        gfpo_loss_normalizer=gfpo_loss_normalizer,
     )
     trainer = GFPOTrainer(
         model=build_model(seed),
