@@ -276,7 +276,7 @@ def normalize_then_sum(per_func: np.ndarray, kept: np.ndarray, weights: np.ndarr
     return np.where(scored, advantages, 0.0)
 
 
-def typical_mask(rank: np.ndarray, rewards: np.ndarray, lengths: np.ndarray, k: Any, quantile: Any = None) -> np.ndarray:
+def typical_mask(rank: np.ndarray, rewards: np.ndarray, lengths: np.ndarray, k: Any) -> np.ndarray:
     """Keep the filter's best high-reward completions and a length-typical contrast: ``k`` per group.
 
     A group's completions split at the mean of its known rewards into *high* (above it) and *low*
@@ -305,10 +305,6 @@ def typical_mask(rank: np.ndarray, rewards: np.ndarray, lengths: np.ndarray, k: 
     lo_mid = np.take_along_axis(sorted_len, np.maximum(m - 1, 0)[:, None] // 2, axis=1)[:, 0]
     hi_mid = np.take_along_axis(sorted_len, (m // 2)[:, None].clip(max=g - 1), axis=1)[:, 0]
     median = np.where(m > 0, (lo_mid + hi_mid) / 2, 0.0)
-    if quantile is not None:  # EXPERIMENT: the low side's target length at this quantile of its lengths
-        q = np.asarray(quantile, dtype=np.float64) if np.ndim(quantile) else np.full(n, float(quantile))
-        idx = np.rint(q * np.maximum(m - 1, 0)).astype(np.int64).clip(0, g - 1)
-        median = np.where(m > 0, np.take_along_axis(sorted_len, idx[:, None], axis=1)[:, 0], 0.0)
     # Order within each side: high by the filter's rank; low by distance to the median, then rank.
     nearness = dense_rank(np.where(low, np.abs(length - median[:, None]), np.inf)) * g + rank
     key = np.where(high, rank, np.where(low, nearness, np.inf)).astype(np.float64)
@@ -316,19 +312,3 @@ def typical_mask(rank: np.ndarray, rewards: np.ndarray, lengths: np.ndarray, k: 
     low_rank = ranks(np.where(low, -key, np.nan))
     chosen = (high & (high_rank < n_high[:, None])) | (low & (low_rank < (k - n_high)[:, None]))
     return np.where(has_signal(r, valid)[:, None], chosen, (rank < k[:, None]) & valid)
-
-
-def tie_advantages(scores: np.ndarray, rewards: np.ndarray, kept: np.ndarray, scale: float) -> np.ndarray:
-    """EXPERIMENT: in kept sets whose known rewards are all equal, advantages from the filter's ranks."""
-    r = np.asarray(rewards, dtype=np.float64)
-    valid = np.isfinite(r)
-    s = np.asarray(scores, dtype=np.float64)
-    use = np.asarray(kept, dtype=bool) & valid & ~np.isnan(s)
-    tie = ~has_signal(r, kept)
-    rk = average_rank(np.where(use, s, np.inf))  # higher score -> higher rank among the kept
-    count = use.sum(axis=1, keepdims=True)
-    mean = np.where(use, rk, 0.0).sum(axis=1, keepdims=True) / np.maximum(count, 1)
-    c = np.where(use, rk - mean, 0.0)
-    std = np.sqrt((c**2).sum(axis=1, keepdims=True) / np.maximum(count, 1))
-    z = np.where(std > 0, c / np.where(std > 0, std, 1.0), 0.0)
-    return np.where(tie[:, None], scale * z, 0.0)

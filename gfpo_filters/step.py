@@ -68,10 +68,6 @@ KEEP_SIGNAL = {
     "group_baseline": "the filter's top k, advantages with the whole group's mean and std",
     "balanced": "PODS max-variance reward values, equal rewards in the filter's order",
     "typical": "the filter's best k/2 above the mean reward; the k/2 at or below it nearest their median length",
-    "typical_tie": "EXPERIMENT",
-    "typical_adapt": "EXPERIMENT",
-    "typical_adapt2": "EXPERIMENT",
-    "typical_tie_half": "EXPERIMENT",
 }
 #: What ``keep_signal=True`` means (benchmarks/keep_signal.py, benchmarks/effect.py; docs/keep_signal.md says why
 #: it is not ``"typical"``, the best mode on the toy tasks, which collapsed on one real-model seed of four).
@@ -395,33 +391,12 @@ def select(
         kept = signal_swap(rank, top, rewards, prefer=np.where(rewards < level, -lengths, lengths))
     elif mode == "balanced":
         kept = balanced_mask(rank, rewards, k)
-    elif mode in ("typical", "typical_tie", "typical_tie_half", "typical_adapt", "typical_adapt2"):
+    elif mode == "typical":
         kept = typical_mask(rank, rewards, np.zeros(rewards.shape) if lengths is None else lengths, k)
-        if mode in ("typical_adapt", "typical_adapt2"):
-            cnt = valid.sum(axis=1)
-            mu = np.where(valid, rewards, 0.0).sum(axis=1) / np.maximum(cnt, 1)
-            p = (valid & (rewards > mu[:, None])).sum(axis=1) / np.maximum(cnt, 1)
-            q = np.clip(p, 0.5, 1.0) if mode == "typical_adapt" else np.clip(2 * p - 0.5, 0.5, 1.0)
-            L = np.zeros(rewards.shape) if lengths is None else lengths
-            kept = typical_mask(rank, rewards, L, k, quantile=q)
-        if mode == "typical_tie_half":
-            # EXPERIMENT: tie groups keep the best ceil(k/2) and the floor(k/2) nearest the median length of the rest.
-            import os
-            tie = ~has_signal(rewards, valid)
-            pseudo = np.where(rank < (k_array(k, rewards.shape[0])[:, None] + 1) // 2, 1.0, 0.0)
-            pseudo = np.where(valid, pseudo, np.nan)
-            alt = typical_mask(rank, pseudo, np.zeros(rewards.shape) if lengths is None else lengths, k)
-            kept = np.where(tie[:, None], alt, kept)
     chosen = kept
     kept = round_up_rows(kept, rank, rewards, row_multiple)
     baseline = valid if mode == "group_baseline" else kept
     advantages = gfpo_advantages(rewards, kept, scale=scale, baseline=baseline)
-    if mode.startswith("typical_tie"):
-        import os
-
-        from gfpo_filters.selection import tie_advantages
-
-        advantages = advantages + tie_advantages(scores, rewards, kept, float(os.environ.get("GFPO_TIE_SCALE", "0.5")))
     signal = trains(advantages)
     return Selection(top, kept, advantages, signal, added=kept & ~chosen)
 
