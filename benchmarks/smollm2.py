@@ -60,11 +60,13 @@ def run_arm(name: str, seed: int, args: argparse.Namespace) -> dict:
             max_completion_length=args.max_completion_length,
             log_every=args.log_every,
             gfpo_loss_normalizer=args.gfpo_loss_normalizer,
+            reward=args.reward,
         )
+    record.setdefault("reward", args.reward)
     record.update(arm=name, train_wall_seconds=time.perf_counter() - start, torch_threads=torch.get_num_threads())
     model.to(device)
     test = addition.examples("test")[: args.limit]
-    kw = {"max_new_tokens": args.max_completion_length, "bf16": bf16, "seed": seed}
+    kw = {"max_new_tokens": args.max_completion_length, "bf16": bf16, "seed": seed, "reward": args.reward}
     t0 = time.perf_counter()
     record["greedy"] = smollm2.evaluate(model, tokenizer, test, sample=False, **kw)
     record["sampled"] = smollm2.evaluate(model, tokenizer, test, sample=True, samples_per_prompt=args.samples, **kw)
@@ -272,6 +274,12 @@ def main() -> int:
     parser.add_argument("--learning-rate", type=float, default=5e-5)
     parser.add_argument(
         "--gfpo-loss-normalizer", default="kept", choices=["kept", "all"], help="GFPOConfig's (default kept)"
+    )
+    parser.add_argument(
+        "--reward",
+        default="correct_sum",
+        choices=["correct_sum", "contains_sum"],
+        help="training and evaluation reward: the last integer is the sum (default), or any integer is",
     )
     parser.add_argument("--keep-signal", default=None, help="keep_signal mode of the recommended arm")
     parser.add_argument("--samples", type=int, default=1, help="sampled answers per held-out prompt (default 1)")

@@ -10,6 +10,10 @@ integer, not the first: SmolLM2-135M-Instruct often restates the question ("8 + 
 usually an operand. A completion that goes on after its answer and writes other numbers loses the reward; one
 truncated before it writes the sum gets none. Measured on SmolLM2-135M-Instruct at temperature 1 (48 new tokens),
 about 30% of answers earn the reward; greedy, about 80% (docs/smollm2.md).
+
+**Lenient reward** (:func:`contains_sum`): 1 when a + b is *any* integer of the completion. This is the kind of
+checker that invites length inflation: a longer answer that writes more numbers is more often right by chance, as
+the toy task of the demo rewards any ``x``. :data:`REWARDS` names both.
 """
 
 from __future__ import annotations
@@ -75,3 +79,18 @@ def correct_sum(completions: list[Any], answer: list[int], **kwargs: Any) -> lis
     if len(completions) != len(answer):
         raise ValueError(f"correct_sum got {len(completions)} completions but {len(answer)} answers")
     return [1.0 if last_integer(_text(c)) == int(a) else 0.0 for c, a in zip(completions, answer)]
+
+
+def contains_sum(completions: list[Any], answer: list[int], **kwargs: Any) -> list[float]:
+    """Reward function (TRL signature): 1.0 when any integer of a completion equals its ``answer``, else 0.0.
+
+    Integers are read whole ("15" does not contain 5; "-5" is minus five). Lenient on purpose: an answer that
+    restates the question, rambles or lists numbers is rewarded whenever the sum appears somewhere in it.
+    """
+    if len(completions) != len(answer):
+        raise ValueError(f"contains_sum got {len(completions)} completions but {len(answer)} answers")
+    return [1.0 if int(a) in {int(x) for x in _INTEGER.findall(_text(c))} else 0.0 for c, a in zip(completions, answer)]
+
+
+#: Reward functions of the task by name: ``correct_sum`` (strict, the default) and ``contains_sum`` (lenient).
+REWARDS = {"correct_sum": correct_sum, "contains_sum": contains_sum}

@@ -3,7 +3,7 @@
 Shared by ``benchmarks/smollm2.py`` (the measured comparison, docs/smollm2.md) and ``gfpo-filters demo --model
 smollm2``. :func:`train` trains one arm with :class:`~gfpo_filters.trainer.GFPOTrainer` (no filter = GRPO) and
 times every step; :func:`evaluate` answers held-out prompts greedily or by sampling and scores them with
-:func:`gfpo_filters.addition.correct_sum`.
+:func:`gfpo_filters.addition.correct_sum` (or the lenient ``contains_sum``: ``reward=``).
 """
 
 from __future__ import annotations
@@ -79,6 +79,7 @@ def evaluate(
     batch_size: int = 50,
     bf16: bool = True,
     seed: int = 0,
+    reward: str = "correct_sum",
 ) -> dict[str, Any]:
     """Answer every example (greedy, or ``samples_per_prompt`` samples at temperature 1) and score the answers.
 
@@ -112,7 +113,7 @@ def evaluate(
         ids = out[:, enc["input_ids"].shape[1] :].cpu()
         n = completion_lengths(ids, eos)
         decoded = [tokenizer.decode(row[:m], skip_special_tokens=True) for row, m in zip(ids, n.tolist())]
-        rewards += addition.correct_sum(decoded, answers[start : start + batch_size])
+        rewards += addition.REWARDS[reward](decoded, answers[start : start + batch_size])
         lengths += n.tolist()
     model.train(was_training)
     hits = int(sum(rewards))
@@ -140,6 +141,7 @@ def train(
     model_path: str = "smollm2",
     log_every: int = 0,
     gfpo_loss_normalizer: str = "kept",
+    reward: str = "correct_sum",
 ) -> tuple[Any, Any, dict[str, Any]]:
     """Train ``arm`` from the pretrained model; return (model, tokenizer, record with the per-step history).
 
@@ -178,7 +180,7 @@ def train(
     )
     trainer = GFPOTrainer(
         model=model,
-        reward_funcs=addition.correct_sum,
+        reward_funcs=addition.REWARDS[reward],
         args=config,
         train_dataset=addition.build_dataset("train", seed=seed),
         processing_class=tokenizer,
@@ -246,6 +248,7 @@ def train(
         "max_completion_length": max_completion_length,
         "learning_rate": learning_rate,
         "gfpo_loss_normalizer": gfpo_loss_normalizer,
+        "reward": reward,
         "steps": steps,
         "seed": seed,
         "device": device,

@@ -83,6 +83,15 @@ def test_correct_sum_reads_the_last_integer():
         addition.correct_sum(["1", "2"], [1])
 
 
+def test_contains_sum_accepts_the_sum_anywhere_as_a_whole_integer():
+    completions = ["3 + 5 = 8", "8, or maybe 9", "1 2 3 4 5 6 7 8 9", "18 or 80", "-8", "eight"]
+    assert addition.contains_sum(completions, [8] * 6) == [1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+    assert addition.contains_sum([[{"role": "assistant", "content": "7 and 8"}]], [7]) == [1.0]
+    assert set(addition.REWARDS) == {"correct_sum", "contains_sum"}
+    with pytest.raises(ValueError, match="contains_sum got 2 completions but 1 answers"):
+        addition.contains_sum(["1", "2"], [1])
+
+
 def test_wilson_interval_and_lengths_as_trl_counts_them():
     from gfpo_filters.smollm2 import completion_lengths, resolve_device, wilson
 
