@@ -69,9 +69,9 @@ KEEP_SIGNAL = {
     "balanced": "PODS max-variance reward values, equal rewards in the filter's order",
     "typical": "the filter's best k/2 above the mean reward; the k/2 at or below it nearest their median length",
 }
-#: What ``keep_signal=True`` means (benchmarks/keep_signal.py, benchmarks/effect.py; docs/keep_signal.md says why
-#: it is not ``"typical"``, the best mode on the toy tasks, which collapsed on one real-model seed of four).
-KEEP_SIGNAL_DEFAULT = "swap"
+#: What ``keep_signal=True`` means: ``"typical"``, the one mode that learns on every task of benchmarks/effect.py
+#: without falling below its start (``"swap"``, the default before, collapses on ``prompt_letter``; docs/effect.md).
+KEEP_SIGNAL_DEFAULT = "typical"
 
 
 def keep_signal_mode(keep_signal: bool | str | None) -> str:
@@ -291,7 +291,7 @@ def gfpo_step(
         On many processes, a function that makes the scores identical everywhere (broadcast from
         process 0), so that every process keeps the same rows.
     keep_signal:
-        False (the paper), True (the default mode, ``"swap"``) or a mode of :data:`KEEP_SIGNAL`.
+        False (the paper), True (the default mode, ``"typical"``) or a mode of :data:`KEEP_SIGNAL`.
         Every mode is deterministic, so identical scores give identical rows on every process.
     row_multiple:
         Keep more completions until the batch's kept count is a multiple of this (an engine that

@@ -4,7 +4,7 @@ MODE ``selection`` (default): one group of G = 8 completions spans both processe
 keeps the first four, which all live on process 0, so process 1 holds none of the kept rows itself. Each process
 writes what it saw to OUT_DIR/rank{N}.json for the test to compare.
 
-MODE ``keep_signal``: the same with ``keep_signal=True`` and reward 1 on process 0, 0 on process 1: the filter's
+MODE ``keep_signal``: the same with ``keep_signal="swap"`` and reward 1 on process 0, 0 on process 1: the filter's
 first four are all correct (no signal), so keep_signal swaps the fourth for the fifth, which lives on process 1.
 """
 
@@ -69,7 +69,7 @@ def hand_advantages(rewards, kept):
     return [(r - mean) / (std + 1e-4) if keep else 0.0 for r, keep in zip(rewards, kept)]
 
 
-def main(out_dir: str, keep_signal: bool = False) -> None:
+def main(out_dir: str, keep_signal: bool | str = False) -> None:
     parts = tiny_parts()
     args = tiny_args(
         out_dir,
@@ -245,7 +245,7 @@ def features(out_dir: str) -> None:
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    modes = {"selection": main, "keep_signal": lambda out: main(out, keep_signal=True)}
+    modes = {"selection": main, "keep_signal": lambda out: main(out, keep_signal="swap")}
     modes.update(exact=exact, features=features)
     modes[sys.argv[2] if len(sys.argv) > 2 else "selection"](sys.argv[1], *sys.argv[3:])
     # The work is done and written. Tear the process group down and leave without the interpreter's shutdown:

@@ -20,7 +20,7 @@ def test_demo_runs_all_variants_and_writes_history(tmp_path, capsys):
     assert [(r["filter"], r["k"], r["keep_signal"]) for r in results] == [
         (None, None, "off"),
         ("token_efficiency", 8, "off"),
-        ("token_efficiency", 4, "swap"),
+        ("token_efficiency", 4, "typical"),
         ("length", 4, "off"),
     ]
     for r in results:

@@ -233,7 +233,7 @@ def test_group_baseline_counts_signal_from_the_whole_group():
 
 def test_keep_signal_values():
     assert keep_signal_mode(False) == keep_signal_mode(None) == keep_signal_mode("false") == "off"
-    assert keep_signal_mode(True) == keep_signal_mode("True") == "swap"
+    assert keep_signal_mode(True) == keep_signal_mode("True") == "typical"
     with pytest.raises(ValueError, match=r"keep_signal must be True, False or one of .*'swap_long'.*got 'yes'"):
         keep_signal_mode("yes")
 
@@ -270,7 +270,7 @@ def test_keep_signal_reaches_the_trainers_advantages(tmp_path):
         return most_common_reward_first(group_completions, group_rewards)
 
     parts = tiny_parts()
-    args = tiny_args(str(tmp_path), num_remains_in_group=2, max_steps=2, keep_signal=True)
+    args = tiny_args(str(tmp_path), num_remains_in_group=2, max_steps=2, keep_signal="swap")
     assert args.keep_signal == "swap"
     trainer = GFPOTrainer(
         model=parts["model"],
@@ -339,6 +339,6 @@ def test_bench_keep_signal_by_hand(tmp_path, capsys):
     assert base["length_pressure_gfpo"] == pytest.approx(a * (1 - 2 - 10 - 20) / 4 - (-2 * a / 4) * (33 / 4))
     # Alone, the flag means the default mode; an unknown mode is a usage error.
     assert main([*args, "--keep-signal"]) == 0
-    assert [r["keep_signal"] for r in json.loads(capsys.readouterr().out)] == ["swap"]
+    assert [r["keep_signal"] for r in json.loads(capsys.readouterr().out)] == ["typical"]
     assert main([*args, "--keep-signal", "sometimes"]) == 2
     assert "--keep-signal: keep_signal must be True, False or one of" in capsys.readouterr().err

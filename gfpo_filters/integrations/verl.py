@@ -105,7 +105,8 @@ class GFPOReplayBuffer(ReplayBuffer):
     * ``adaptive_k``, ``adaptive_warmup_steps``, ``adaptive_window``: Adaptive Difficulty GFPO
       (see ``docs/adaptive.md``); ``num_remains_in_group`` is then the warm-up k.
     * ``keep_signal``: keep reward variance in kept sets that lost it (``docs/keep_signal.md``):
-      False (default, the paper), True (``"swap"``), ``"swap"``, ``"swap_long"`` or ``"balanced"``.
+      False (default, the paper), True (``"typical"``), ``"typical"``, ``"swap"``, ``"swap_long"`` or
+      ``"balanced"``.
       ``"group_baseline"`` is refused: it changes advantages only, and verl computes those itself
       from the kept rows.
     * ``advantage_std``: ``"population"`` (default; the paper's Eq. 1 and the TRL adapter's) or
@@ -456,7 +457,7 @@ def _check_keep_signal(value: Any) -> str:
     if mode == "group_baseline":
         raise ValueError(
             f"{PREFIX}.keep_signal='group_baseline' changes only the advantages, and verl computes advantages "
-            "itself from the kept rows (GRPO per uid); use keep_signal=True ('swap') or 'balanced'"
+            "itself from the kept rows (GRPO per uid); use keep_signal=True ('typical'), 'swap' or 'balanced'"
         )
     return mode
 

@@ -79,7 +79,7 @@ def test_the_documented_sampler_kwargs_compose(tmp_path):
     buffer = trainer._build_replay_buffer()
     assert buffer.group_filter.name == "weighted" and buffer.group_filter.weights == [1.0, 0.5]
     assert buffer._adaptive.k_map.tolist() == [8, 8, 6, 4] and buffer._adaptive.warmup_k == 8
-    assert buffer.keep_signal == "swap"
+    assert buffer.keep_signal == "typical"
     assert buffer.advantage_std == "sample"
     assert buffer.row_multiple == 32 * 16  # ppo_mini_batch_size x rollout.n of the GFPO command
     # The tokenizer line is an interpolation of the model path (loading Qwen's tokenizer needs the network).

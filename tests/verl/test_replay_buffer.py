@@ -226,7 +226,7 @@ def test_keep_signal_swaps_a_wrong_answer_into_an_all_correct_kept_set(transfer_
     keep_signal swaps the lower-ranked kept session (s1) for the best-ranked one of another reward (s2)."""
     u = new_uid()
     write_group(transfer_queue, partition, u, [[(1, 1.0)], [(2, 1.0)], [(3, 0.0)], [(4, 1.0)]])
-    buffer = build_buffer(gfpo_config(make_config, num_remains_in_group=2, keep_signal=True))
+    buffer = build_buffer(gfpo_config(make_config, num_remains_in_group=2, keep_signal="swap"))
     assert buffer.keep_signal == "swap"
     batch, metrics = buffer.sample(global_steps=0, partition_id=partition, batch_size=1)
     assert set(batch.keys) == {f"{u}_0_0", f"{u}_2_0"}
