@@ -297,6 +297,63 @@ def test_keep_signal_reaches_the_trainers_advantages(tmp_path):
     assert sum(logged) == swaps
 
 
+def typical_by_hand(rewards: list[float], lengths: list[int], scores: list[float], k: int) -> list[int]:
+    """``typical`` for one group, written out: the filter's best ceil(k/2) above the mean reward, the rest from the
+    completions at or below it nearest their median length (ties in the filter's order)."""
+    order = sorted(range(len(scores)), key=lambda j: (-scores[j], j))
+    if len(set(rewards)) == 1:
+        return sorted(order[:k])
+    mean = sum(rewards) / len(rewards)
+    high = [j for j in order if rewards[j] > mean]
+    low = [j for j in order if rewards[j] <= mean]
+    n_high = min(len(high), max(k - len(low), (k + 1) // 2))
+    lows = sorted(lengths[j] for j in low)
+    median = (lows[(len(lows) - 1) // 2] + lows[len(lows) // 2]) / 2
+    low_by_nearness = sorted(low, key=lambda j: (abs(lengths[j] - median), order.index(j)))
+    return sorted(high[:n_high] + low_by_nearness[: k - n_high])
+
+
+@pytest.mark.trainer
+def test_keep_signal_true_is_typical_in_the_trainer(tmp_path):
+    """keep_signal=True through GFPOTrainer keeps what ``typical`` keeps by hand, from the true completion lengths,
+    with population-std advantages over the kept rows (Recorder's rewards take 5 values: the scalar case)."""
+    pytest.importorskip("trl")
+    from gfpo_filters.trainer import GFPOTrainer
+    from tests.trainer_utils import Recorder, capture_batches, decode_rows, tiny_args, tiny_parts
+
+    seen = []
+
+    def shortest_first(group_completions, group_rewards, completion_lengths):
+        seen.append((group_completions, group_rewards, np.asarray(completion_lengths).tolist()))
+        return -np.asarray(completion_lengths, dtype=np.float64)
+
+    parts = tiny_parts()
+    args = tiny_args(str(tmp_path), num_remains_in_group=3, max_steps=2, keep_signal=True)
+    assert args.keep_signal == "typical"
+    trainer = GFPOTrainer(
+        model=parts["model"],
+        reward_funcs=[Recorder()],
+        args=args,
+        train_dataset=parts["train_dataset"],
+        processing_class=parts["processing_class"],
+        group_filter_func=shortest_first,
+    )
+    batches = capture_batches(trainer)
+    trainer.train()
+    changed = 0
+    for (groups, rewards, lengths), batch in zip(seen, batches):
+        expected = []
+        for group, r, n in zip(groups, rewards, lengths):
+            kept = typical_by_hand(r, n, [-x for x in n], 3)
+            changed += kept != sorted(sorted(range(len(n)), key=lambda j: (n[j], j))[:3])
+            mean = sum(r[j] for j in kept) / 3
+            std = math.sqrt(sum((r[j] - mean) ** 2 for j in kept) / 3)
+            expected += [(group[j], round((r[j] - mean) / (std + 1e-4), 5)) for j in kept]
+        got = zip(decode_rows(batch, trainer.processing_class), np.round(batch["advantages"].tolist(), 5).tolist())
+        assert sorted(got) == sorted(expected)
+    assert changed > 0, "the data should contain groups where typical keeps other rows than the filter's top 3"
+
+
 def test_config_rejects_an_unknown_mode(tmp_path):
     pytest.importorskip("trl")
     from tests.trainer_utils import tiny_args
