@@ -27,8 +27,8 @@ class Arm:
 
 
 #: The arms compared: GRPO, the paper's GFPO (token_efficiency, 3 of 8), and ``recommended``: the same filter and k
-#: with ``keep_signal="typical"``, the best mode on the toy tasks of docs/effect.md, under test here on a real model
-#: (benchmarks/smollm2.py ``--keep-signal MODE`` names another).
+#: with ``keep_signal="typical"`` (what ``keep_signal=True`` means; docs/effect.md, docs/smollm2.md).
+#: benchmarks/smollm2.py ``--keep-signal MODE`` names another mode.
 ARMS: dict[str, Arm] = {
     "grpo": Arm(),
     "token_efficiency": Arm("token_efficiency", 3, "off"),

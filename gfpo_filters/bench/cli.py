@@ -33,6 +33,7 @@ from gfpo_filters.bench.report import (
     require_matplotlib,
     to_json,
 )
+from gfpo_filters.step import KEEP_SIGNAL_DEFAULT
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -93,7 +94,8 @@ def _add_measure_options(parser: argparse.ArgumentParser) -> None:
         nargs="?",
         const="true",
         metavar="MODES",
-        help="select as the trainer's keep_signal does (docs/keep_signal.md): alone, the default mode (swap); "
+        help=f"select as the trainer's keep_signal does (docs/keep_signal.md): alone, the default mode "
+        f"({KEEP_SIGNAL_DEFAULT}); "
         "or comma-separated modes, e.g. off,swap,balanced, one record each",
     )
     parser.add_argument(
