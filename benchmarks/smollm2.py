@@ -172,13 +172,14 @@ def report(out: Path) -> str:
 
 
 def summary(runs: dict[str, dict[int, dict]], base: dict | None) -> str:
-    """Over the seeds every arm has: pooled accuracy (all answers, Wilson interval), mean length, and each arm's
-    ratio to GRPO of the same seed as mean [min, max] over seeds."""
+    """Over the seeds every arm in ``runs`` has (GRPO and at least one GFPO arm): pooled accuracy (all answers,
+    Wilson interval), mean length, and each arm's ratio to GRPO of the same seed as mean [min, max] over seeds."""
     from gfpo_filters.smollm2 import wilson
 
-    seeds = sorted(set.intersection(*(set(runs.get(n, {})) for n in ("grpo", "token_efficiency", "recommended"))))
+    arms = [n for n in ("grpo", "token_efficiency", "recommended") if runs.get(n)]
+    seeds = sorted(set.intersection(*(set(runs[n]) for n in arms))) if "grpo" in arms and len(arms) > 1 else []
     if not seeds:
-        return "(no seed has all three arms yet)"
+        return "(no seed has GRPO and a GFPO arm yet)"
     lines = [
         f"Over seeds {', '.join(map(str, seeds))}: accuracy pooled over all answers (95% Wilson interval); "
         "ratios to GRPO of the same seed, mean [min, max] over seeds.",
@@ -191,7 +192,7 @@ def summary(runs: dict[str, dict[int, dict]], base: dict | None) -> str:
     def spread(values: list[float]) -> str:
         return f"{mean(values):.2f} [{min(values):.2f}, {max(values):.2f}]"
 
-    for name in ("base", "grpo", "token_efficiency", "recommended"):
+    for name in ("base", *arms):
         rs = [base] if name == "base" else [runs[name][s] for s in seeds]
         if rs[0] is None:
             continue
