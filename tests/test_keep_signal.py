@@ -256,11 +256,29 @@ def by_hand(rewards: list[float], scores: list[float], k: int) -> tuple[list[int
     return sorted(kept), [(rewards[j] - mean) / (std + 1e-4) if j in kept else 0.0 for j in range(len(rewards))]
 
 
+def train_two_steps(tmp_path, reward_fn, filter_fn, k: int, keep_signal):
+    """Two steps of GFPOTrainer on the tiny parts; returns the trainer and every batch it handed to the loss."""
+    from gfpo_filters.trainer import GFPOTrainer
+    from tests.trainer_utils import capture_batches, tiny_args, tiny_parts
+
+    parts = tiny_parts()
+    trainer = GFPOTrainer(
+        model=parts["model"],
+        reward_funcs=[reward_fn],
+        args=tiny_args(str(tmp_path), num_remains_in_group=k, max_steps=2, keep_signal=keep_signal),
+        train_dataset=parts["train_dataset"],
+        processing_class=parts["processing_class"],
+        group_filter_func=filter_fn,
+    )
+    batches = capture_batches(trainer)
+    trainer.train()
+    return trainer, batches
+
+
 @pytest.mark.trainer
 def test_keep_signal_reaches_the_trainers_advantages(tmp_path):
     pytest.importorskip("trl")
-    from gfpo_filters.trainer import GFPOTrainer
-    from tests.trainer_utils import Recorder, capture_batches, decode_rows, tiny_args, tiny_parts
+    from tests.trainer_utils import Recorder, decode_rows
 
     recorder = Recorder()
     seen = []
@@ -269,19 +287,8 @@ def test_keep_signal_reaches_the_trainers_advantages(tmp_path):
         seen.append((group_completions, group_rewards))
         return most_common_reward_first(group_completions, group_rewards)
 
-    parts = tiny_parts()
-    args = tiny_args(str(tmp_path), num_remains_in_group=2, max_steps=2, keep_signal="swap")
-    assert args.keep_signal == "swap"
-    trainer = GFPOTrainer(
-        model=parts["model"],
-        reward_funcs=[recorder],
-        args=args,
-        train_dataset=parts["train_dataset"],
-        processing_class=parts["processing_class"],
-        group_filter_func=spy,
-    )
-    batches = capture_batches(trainer)
-    trainer.train()
+    trainer, batches = train_two_steps(tmp_path, recorder, spy, k=2, keep_signal="swap")
+    assert trainer.args.keep_signal == "swap"
     swaps = 0
     for (groups, rewards), batch in zip(seen, batches):
         expected = []
@@ -318,8 +325,7 @@ def test_keep_signal_true_is_typical_in_the_trainer(tmp_path):
     """keep_signal=True through GFPOTrainer keeps what ``typical`` keeps by hand, from the true completion lengths,
     with population-std advantages over the kept rows (Recorder's rewards take 5 values: the scalar case)."""
     pytest.importorskip("trl")
-    from gfpo_filters.trainer import GFPOTrainer
-    from tests.trainer_utils import Recorder, capture_batches, decode_rows, tiny_args, tiny_parts
+    from tests.trainer_utils import Recorder, decode_rows
 
     seen = []
 
@@ -327,19 +333,8 @@ def test_keep_signal_true_is_typical_in_the_trainer(tmp_path):
         seen.append((group_completions, group_rewards, np.asarray(completion_lengths).tolist()))
         return -np.asarray(completion_lengths, dtype=np.float64)
 
-    parts = tiny_parts()
-    args = tiny_args(str(tmp_path), num_remains_in_group=3, max_steps=2, keep_signal=True)
-    assert args.keep_signal == "typical"
-    trainer = GFPOTrainer(
-        model=parts["model"],
-        reward_funcs=[Recorder()],
-        args=args,
-        train_dataset=parts["train_dataset"],
-        processing_class=parts["processing_class"],
-        group_filter_func=shortest_first,
-    )
-    batches = capture_batches(trainer)
-    trainer.train()
+    trainer, batches = train_two_steps(tmp_path, Recorder(), shortest_first, k=3, keep_signal=True)
+    assert trainer.args.keep_signal == "typical"
     changed = 0
     for (groups, rewards, lengths), batch in zip(seen, batches):
         expected = []
