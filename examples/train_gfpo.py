@@ -39,7 +39,8 @@ class GFPOScriptArguments(ScriptArguments):
     reward_funcs: list[str] = field(
         default_factory=lambda: ["contains_target"],
         metadata={
-            "help": "Reward functions: contains_target (the toy task), correct_sum (the addition task), "
+            "help": "Reward functions: contains_target (the toy task), correct_sum or contains_sum (the addition "
+            "task, strict or lenient), "
             "accuracy_reward, think_format_reward, or a dotted import path such as my_lib.rewards.custom_reward."
         },
     )
@@ -52,8 +53,8 @@ def load_reward(name: str):
 
     if name == "contains_target":
         return toy.contains_target
-    if name == "correct_sum":
-        return addition.correct_sum
+    if name in addition.REWARDS:  # correct_sum (strict), contains_sum (lenient)
+        return addition.REWARDS[name]
     if hasattr(rewards, name):
         return getattr(rewards, name)
     if "." in name:
@@ -61,7 +62,8 @@ def load_reward(name: str):
         sys.path.insert(0, os.getcwd())
         return getattr(importlib.import_module(module), attr)
     raise ValueError(
-        f"unknown reward function {name!r}: use contains_target, correct_sum, a trl.rewards name or an import path"
+        f"unknown reward function {name!r}: use contains_target, correct_sum, contains_sum, a trl.rewards name or "
+        "an import path"
     )
 
 

@@ -94,3 +94,10 @@ def contains_sum(completions: list[Any], answer: list[int], **kwargs: Any) -> li
 
 #: Reward functions of the task by name: ``correct_sum`` (strict, the default) and ``contains_sum`` (lenient).
 REWARDS = {"correct_sum": correct_sum, "contains_sum": contains_sum}
+
+
+def reward_function(name: str):
+    """The reward function of :data:`REWARDS` called ``name``; a ValueError naming the choices for any other."""
+    if name not in REWARDS:
+        raise ValueError(f"unknown addition reward {name!r}: choose one of {', '.join(REWARDS)}")
+    return REWARDS[name]

@@ -88,6 +88,7 @@ def evaluate(
     """
     import torch
 
+    score = addition.reward_function(reward)
     device = next(model.parameters()).device
     texts = [tokenizer.apply_chat_template(e["prompt"], tokenize=False, add_generation_prompt=True) for e in examples]
     answers = [e["answer"] for e in examples]
@@ -113,7 +114,7 @@ def evaluate(
         ids = out[:, enc["input_ids"].shape[1] :].cpu()
         n = completion_lengths(ids, eos)
         decoded = [tokenizer.decode(row[:m], skip_special_tokens=True) for row, m in zip(ids, n.tolist())]
-        rewards += addition.REWARDS[reward](decoded, answers[start : start + batch_size])
+        rewards += score(decoded, answers[start : start + batch_size])
         lengths += n.tolist()
     model.train(was_training)
     hits = int(sum(rewards))
@@ -155,6 +156,7 @@ def train(
     from gfpo_filters.models import load_gguf_causal_lm
     from gfpo_filters.trainer import GFPOConfig, GFPOTrainer
 
+    reward_fn = addition.reward_function(reward)  # a bad name fails before the model loads
     model, tokenizer = load_gguf_causal_lm(model_path)
     config = GFPOConfig(
         output_dir=tempfile.mkdtemp(prefix="gfpo-smollm2-"),  # nothing is saved there (save_strategy="no")
@@ -180,7 +182,7 @@ def train(
     )
     trainer = GFPOTrainer(
         model=model,
-        reward_funcs=addition.REWARDS[reward],
+        reward_funcs=reward_fn,
         args=config,
         train_dataset=addition.build_dataset("train", seed=seed),
         processing_class=tokenizer,

@@ -88,6 +88,9 @@ def test_contains_sum_accepts_the_sum_anywhere_as_a_whole_integer():
     assert addition.contains_sum(completions, [8] * 6) == [1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
     assert addition.contains_sum([[{"role": "assistant", "content": "7 and 8"}]], [7]) == [1.0]
     assert set(addition.REWARDS) == {"correct_sum", "contains_sum"}
+    assert addition.reward_function("contains_sum") is addition.contains_sum
+    with pytest.raises(ValueError, match="unknown addition reward 'last_sum': choose one of correct_sum, contains_sum"):
+        addition.reward_function("last_sum")
     with pytest.raises(ValueError, match="contains_sum got 2 completions but 1 answers"):
         addition.contains_sum(["1", "2"], [1])
 
@@ -242,6 +245,11 @@ def test_example_script_trains_smollm2_from_its_yaml(tmp_path, monkeypatch):
     script_args, training_args, model_args = example.parse(argv)
     assert model_args.model_name_or_path == "smollm2" and script_args.dataset_name == "addition"  # the YAML file
     assert script_args.reward_funcs == ["correct_sum"] and training_args.keep_signal == "typical"
+    assert training_args.gfpo_loss_normalizer == "all"
+    assert example.load_reward("contains_sum") is addition.contains_sum
+    unknown = "unknown reward function 'sum': use contains_target, correct_sum, contains_sum"
+    with pytest.raises(ValueError, match=unknown):
+        example.load_reward("sum")
     trainer = example.main(script_args, training_args, model_args)
     assert trainer.model.is_quantized is False and trainer.group_filter_func.name == "token_efficiency"
     logged = trainer.state.log_history[0]
