@@ -24,7 +24,7 @@ warnings.filterwarnings("ignore")
 def build(filter_name, k, args):
     from transformers import PrinterCallback
 
-    from gfpo_filters.toy import build_dataset, build_model, build_tokenizer, contains_target
+    from gfpo_filters.experiments.toy import build_dataset, build_model, build_tokenizer, contains_target
     from gfpo_filters.trainer import GFPOConfig, GFPOTrainer
 
     config = GFPOConfig(

@@ -1,10 +1,10 @@
 """The effect of GFPO settings on a family of toy tasks: reward and length against GRPO, over seeds.
 
-Every task of :data:`gfpo_filters.toy.TASKS` (the demo's ``x``; ``prompt_letter``, whose right letter depends on the
-prompt; ``long_x``, where a right answer needs at least 20 letters) is trained with GRPO, the paper's GFPO
-(``length`` and ``token_efficiency``, ``keep_signal`` off) and ``token_efficiency`` with every ``keep_signal`` mode,
-from the same seeds: the tiny Llama of :mod:`gfpo_filters.toy`, G = 16, k = 4 (``-k``), 2 prompts per step,
-lr 5e-4, one thread per run (``gfpo_filters.demo.train_variant``).
+Every task of :data:`gfpo_filters.experiments.toy.TASKS` (the demo's ``x``; ``prompt_letter``, whose right letter
+depends on the prompt; ``long_x``, where a right answer needs at least 20 letters) is trained with GRPO, the paper's
+GFPO (``length`` and ``token_efficiency``, ``keep_signal`` off) and ``token_efficiency`` with every ``keep_signal``
+mode, from the same seeds: the tiny Llama of :mod:`gfpo_filters.experiments.toy`, G = 16, k = 4 (``-k``), 2 prompts per
+step, lr 5e-4, one thread per run (``gfpo_filters.experiments.demo.train_variant``).
 
 "start" is the first log (mean over steps 1-10), "end" the mean of the last 5 logs (the last 50 steps): mean reward
 and mean length of all 16 samples. Ratios to GRPO are taken seed by seed, then averaged; the spread is their min and
@@ -28,9 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gfpo_filters.demo import train_variant  # noqa: E402
+from gfpo_filters.experiments.demo import train_variant  # noqa: E402
+from gfpo_filters.experiments.toy import TASKS  # noqa: E402
 from gfpo_filters.step import KEEP_SIGNAL  # noqa: E402
-from gfpo_filters.toy import TASKS  # noqa: E402
 
 #: Settings: "grpo", or "filter:keep_signal mode". ``swap_long`` is left out: with ``token_efficiency`` on 0/1 rewards
 #: it keeps exactly what ``swap`` keeps (docs/keep_signal.md), so its runs are ``swap``'s.

@@ -1,6 +1,6 @@
 """keep_signal on 0/1 rewards: does GFPO keep its length control and learn as fast as GRPO?
 
-The demo's toy task (:mod:`gfpo_filters.toy`: reward 1 when the completion contains an ``x``, so
+The demo's toy task (:mod:`gfpo_filters.experiments.toy`: reward 1 when the completion contains an ``x``, so
 longer random completions earn more), trained with GRPO, plain GFPO and GFPO with each
 ``keep_signal`` mode, from the same seed: G = 16, k = 4, ``token_efficiency`` (``--filter``,
 ``-k`` to change), 2 prompts per step. Each run is one process with one thread.
@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gfpo_filters.demo import train_variant  # noqa: E402
+from gfpo_filters.experiments.demo import train_variant  # noqa: E402
 
 MODES = ("off", "swap", "swap_long", "group_baseline", "balanced", "typical")
 LAST = 5  # logs averaged for the final numbers (5 x 10 steps)

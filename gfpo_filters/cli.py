@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Measure what filters keep (length, reward, accuracy, signal) and how fast they run.",
     ),
     "demo": (
-        "gfpo_filters.demo",
+        "gfpo_filters.experiments.demo",
         "Train tiny policies with GRPO and GFPO on a toy task (CPU, a few minutes) and compare length.",
     ),
 }

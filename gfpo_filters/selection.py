@@ -161,18 +161,56 @@ def round_up_rows(kept: np.ndarray, rank: np.ndarray, rewards: np.ndarray, multi
     return out
 
 
+def max_variance_mask(rewards: np.ndarray, valid: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Boolean (n, G) mask of a maximum-variance subset of ``min(k, #valid)`` valid rewards per group.
+
+    Ties between equally good splits go to the smallest number of low rewards ``j``.
+    """
+    n, g = rewards.shape
+    m = valid.sum(axis=1)  # valid rewards per group
+    kk = np.minimum(k, m)
+    # Centre each group for numerical stability, push missing rewards to the end of the sort.
+    mean = np.where(valid, rewards, 0.0).sum(axis=1, keepdims=True) / np.maximum(m, 1)[:, None]
+    x = np.where(valid, rewards - mean, np.inf)
+    order = np.argsort(x, axis=1, kind="stable")
+    xs = np.take_along_axis(x, order, axis=1)
+    xs = np.where(np.isfinite(xs), xs, 0.0)
+    p1 = np.zeros((n, g + 1))
+    p2 = np.zeros((n, g + 1))
+    np.cumsum(xs, axis=1, out=p1[:, 1:])
+    np.cumsum(xs * xs, axis=1, out=p2[:, 1:])
+
+    kmax = int(kk.max()) if n else 0
+    j = np.arange(kmax + 1)[None, :]  # number taken from the low end
+    h = kk[:, None] - j  # number taken from the high end
+    ok = h >= 0
+    hi_start = np.clip(m[:, None] - h, 0, g)
+    take = np.take_along_axis
+    mcol = m[:, None]
+    s1 = p1[:, : kmax + 1] + take(p1, mcol, axis=1) - take(p1, hi_start, axis=1)
+    s2 = p2[:, : kmax + 1] + take(p2, mcol, axis=1) - take(p2, hi_start, axis=1)
+    size = np.maximum(kk, 1)[:, None]
+    var = np.where(ok, s2 / size - (s1 / size) ** 2, -np.inf)
+    best_j = np.argmax(var, axis=1)[:, None]
+    best_h = kk[:, None] - best_j
+
+    pos = np.arange(g)[None, :]
+    kept_sorted = (pos < best_j) | ((pos >= mcol - best_h) & (pos < mcol))
+    mask = np.zeros((n, g), dtype=bool)
+    np.put_along_axis(mask, order, kept_sorted, axis=1)
+    return mask
+
+
 def balanced_mask(rank: np.ndarray, rewards: np.ndarray, k: Any) -> np.ndarray:
     """PODS max-variance selection of ``k`` per group, equal rewards taken in the filter's order.
 
     The reward values kept are those of a maximum-variance subset of the known rewards
-    (:func:`gfpo_filters.filters.max_variance.max_variance_mask`); among completions with the
+    (:func:`max_variance_mask`, PODS); among completions with the
     same reward, the best-ranked (``rank``, 0 = best) are kept. With 0/1 rewards that is the
     filter's best ``k/2`` correct and best ``k/2`` wrong completions when the group has them.
     Groups whose known rewards are all equal keep the filter's top ``k``. Completions without a
     reward are never kept (a group that knows fewer than ``k`` rewards keeps those it knows).
     """
-    from gfpo_filters.filters.max_variance import max_variance_mask
-
     r = np.asarray(rewards, dtype=np.float64)
     rank = np.asarray(rank)
     n, _ = r.shape

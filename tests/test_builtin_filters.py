@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from gfpo_filters import FilterParameterError, GFPOFilterWarning, Groups, load_filter, topk_mask
-from gfpo_filters.filters.max_variance import max_variance_mask
+from gfpo_filters.selection import max_variance_mask
 
 NAN = float("nan")
 

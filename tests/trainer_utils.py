@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gfpo_filters.toy import build_dataset, build_model, build_tokenizer
+from gfpo_filters.experiments.toy import build_dataset, build_model, build_tokenizer
 
 torch.set_num_threads(1)
 

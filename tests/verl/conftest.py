@@ -58,7 +58,7 @@ def write_group(
     (``rm_scores``). Tool tokens sit in the middle of the response with ``response_mask`` 0, as
     verl's tool agent loop writes a tool's output (the policy wrote the other tokens). Token ``t`` of
     output ``i`` of session ``s`` has id ``2 + (10 * s + 3 * i + t) % 26``: a letter of the toy
-    tokenizer (``gfpo_filters.toy``). Sessions in ``missing`` are not written (a failed session).
+    tokenizer (``gfpo_filters.experiments.toy``). Sessions in ``missing`` are not written (a failed session).
     Returns the written keys.
     """
     import torch

@@ -236,7 +236,7 @@ def test_keep_signal_swaps_a_wrong_answer_into_an_all_correct_kept_set(transfer_
 
 
 def test_tokenizer_gives_filters_text(transfer_queue, partition, make_config, tmp_path):
-    from gfpo_filters.toy import build_tokenizer
+    from gfpo_filters.experiments.toy import build_tokenizer
 
     build_tokenizer().save_pretrained(tmp_path)
     seen = {}

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from gfpo_filters.toy import build_dataset, build_model, build_tokenizer
+from gfpo_filters.experiments.toy import build_dataset, build_model, build_tokenizer
 
 # vLLM's CPU backend reserves this many GiB for its KV cache (default 4); a 64-token model needs far less.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")

@@ -3,7 +3,7 @@
 Shared by ``benchmarks/smollm2.py`` (the measured comparison, docs/smollm2.md) and ``gfpo-filters demo --model
 smollm2``. :func:`train` trains one arm with :class:`~gfpo_filters.trainer.GFPOTrainer` (no filter = GRPO) and
 times every step; :func:`evaluate` answers held-out prompts greedily or by sampling and scores them with
-:func:`gfpo_filters.addition.correct_sum` (or the lenient ``contains_sum``: ``reward=``).
+:func:`gfpo_filters.experiments.addition.correct_sum` (or the lenient ``contains_sum``: ``reward=``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from gfpo_filters import addition
+from gfpo_filters.experiments import addition
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,7 @@ def train(
     import torch
     from transformers import TrainerCallback
 
-    from gfpo_filters.models import load_gguf_causal_lm
+    from gfpo_filters.experiments.models import load_gguf_causal_lm
     from gfpo_filters.trainer import GFPOConfig, GFPOTrainer
 
     reward_fn = addition.reward_function(reward)  # a bad name fails before the model loads

