@@ -196,9 +196,9 @@ def features(out_dir: str) -> None:
         trainer._filter_batch = wrapped
         decisions, log_selection = [], trainer._log_selection
 
-        def logged(result, n_total, decisions=decisions, log_selection=log_selection):
+        def logged(result, *rest, decisions=decisions, log_selection=log_selection):
             decisions.append(result.kept.copy())
-            return log_selection(result, n_total)
+            return log_selection(result, *rest)
 
         trainer._log_selection = logged
         batches = capture_batches(trainer)

@@ -157,9 +157,22 @@ def test_loss_normalizer_all_needs_a_token_sum_loss(tmp_path):
         tiny_args(str(tmp_path), gfpo_loss_normalizer="all", loss_type="grpo")
 
 
-def test_kept_rows_fill_equal_micro_batches_without_padding(tmp_path):
-    # 3 groups x k=3 = 9 kept rows over steps_per_generation=2 micro-batches: the step keeps one more (the best
-    # ranked of the rest), so 10 real rows split 5 + 5; no row has an empty completion mask.
+def record_micro_batches(trainer) -> list[dict]:
+    """Every micro-batch the loss sees (with its loss scale, if any), in training order."""
+    seen, original = [], trainer.compute_loss
+
+    def compute_loss(model, inputs, *args, **kwargs):
+        seen.append(dict(inputs))
+        return original(model, inputs, *args, **kwargs)
+
+    trainer.compute_loss = compute_loss
+    return seen
+
+
+def test_the_kept_rows_are_the_filters_k_per_group_in_unequal_micro_batches(tmp_path):
+    # 3 groups x k=3 = 9 kept rows over steps_per_generation=2 micro-batches: no row is added to make them equal,
+    # they train as 5 + 4. The grpo loss averages over a micro-batch's rows, so micro-batch j is scaled by
+    # size_j / 4.5: every row weighs 1 / (4.5 x 2), GRPO's row weight at the mean micro-batch size.
     recorder = Recorder()
     trainer = make(
         tmp_path,
@@ -168,14 +181,46 @@ def test_kept_rows_fill_equal_micro_batches_without_padding(tmp_path):
         steps_per_generation=2,
         gradient_accumulation_steps=2,
         per_device_train_batch_size=6,
+        loss_type="grpo",
     )
     batches = capture_batches(trainer)
+    micro = record_micro_batches(trainer)
     trainer.train()
-    batch = batches[0]
-    assert len(batch["advantages"]) == 10 and (batch["completion_mask"].sum(dim=1) > 0).all()
+    assert len(batches[0]["advantages"]) == 9
+    assert [len(m["advantages"]) for m in micro] == [5, 4]
+    assert all((m["completion_mask"].sum(dim=1) > 0).all() for m in micro)  # every row a kept one
+    assert [m["gfpo_loss_scale"] for m in micro] == [pytest.approx(5 / 4.5), pytest.approx(4 / 4.5)]
     logged = trainer.state.log_history[0]
-    assert logged["gfpo/rounding_rows"] == 1.0 and logged["gfpo/kept_fraction"] == pytest.approx(10 / 12)
-    assert "gfpo/padding_rows" not in logged
+    assert logged["gfpo/trained_rows"] == 9.0 and logged["gfpo/placeholder_rows"] == 0.0
+    assert logged["gfpo/rounding_rows"] == 0.0 and logged["gfpo/kept_fraction"] == pytest.approx(9 / 12)
+
+
+def test_batch_size_one_with_accumulation_trains_k_per_group(tmp_path):
+    # Issue 21's first finding: per_device_train_batch_size=1, gradient_accumulation_steps=4, G=4, k=2: one group
+    # per generation batch, 2 kept rows for 4 micro-batches. The 2 kept rows train (one each), the other two
+    # micro-batches hold one placeholder each (completion mask 0, advantage 0, loss scale 0): 2 rows per group, not 4.
+    trainer = make(
+        tmp_path,
+        "length",
+        per_device_train_batch_size=1,
+        gradient_accumulation_steps=4,
+        num_remains_in_group=2,
+        max_steps=2,
+        loss_type="grpo",
+    )
+    batches = capture_batches(trainer)
+    micro = record_micro_batches(trainer)
+    kept = kept_per_step(trainer)
+    trainer.train()
+    assert [len(b["advantages"]) for b in batches] == [2, 2]
+    assert [sum(map(sum, k)) for k in kept] == [2, 2]
+    assert len(micro) == 8 and all(len(m["advantages"]) == 1 for m in micro)
+    real = [bool(m["completion_mask"].sum() > 0) for m in micro]
+    assert real == [True, True, False, False] * 2
+    assert [m.get("gfpo_loss_scale", 1.0) for m in micro] == [2.0, 2.0, 0.0, 0.0] * 2  # grpo: 1 / 0.5 rows
+    for log in trainer.state.log_history[:2]:
+        if "gfpo/trained_rows" in log:
+            assert log["gfpo/trained_rows"] == 2.0 and log["gfpo/placeholder_rows"] == 2.0
 
 
 def test_evaluation_is_unfiltered(tmp_path):
@@ -279,9 +324,9 @@ def kept_per_step(trainer) -> list[list[list[bool]]]:
     """Record the kept mask of every generation batch (process 0's decision)."""
     kept, original = [], trainer._log_selection
 
-    def logged(result, n_total):
+    def logged(result, *rest):
         kept.append(result.kept.tolist())
-        return original(result, n_total)
+        return original(result, *rest)
 
     trainer._log_selection = logged
     return kept
@@ -401,9 +446,11 @@ def test_two_processes_agree_and_train_each_kept_row_once(tmp_path, mode):
         trained = sorted(tuple(x) for x in a["rows"] + b["rows"])
         # Every kept row is trained exactly once, on one of the two processes, with its advantage.
         assert trained == expected
-        # The filter keeps the first four of a group of 8 split 4 + 4: process 1 holds none of them
-        # itself, yet both processes train the same number of rows (kept rows are spread evenly).
-        assert len(a["rows"]) == len(b["rows"]) == 2
+        # Rows never move between processes (their log-probs were computed where they were generated): the
+        # filter keeps the first four of a group of 8 split 4 + 4, all on process 0, which trains them; process 1
+        # trains none (placeholder rows fill its micro-batches).
+        own = [sum(kept[0][4 * r : 4 * r + 4]) for r in range(2)]
+        assert [len(a["rows"]), len(b["rows"])] == own
     if mode == "keep_signal":
         # Rewards 1 1 1 1 0 0 0 0: the kept set is completions 0, 1, 2 and 4 (from process 1), on both processes.
         assert all(step["kept"] == [[True, True, True, False, True, False, False, False]] for step in ranks[0]["steps"])

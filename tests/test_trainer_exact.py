@@ -20,10 +20,13 @@ pytest.importorskip("trl")
 from tests.trainer_utils import (  # noqa: E402
     EXACT_FEATURES,
     LOSS_TYPES,
+    SHAPE_LOSSES,
+    SHAPES,
     TWO_PROCESS_CASES,
     exact_case,
     exact_features,
     run_two_processes,
+    step_reference,
 )
 
 pytestmark = pytest.mark.trainer
@@ -75,17 +78,47 @@ def test_step_is_grpo_on_the_kept_rows(tmp_path, loss_type, feature):
     case = exact_case(str(tmp_path), loss_type, feature)
     assert_same_training(case)
     assert_fields_as_trl_lays_them_out(case)
-    # The base case keeps 9 rows by k; the step keeps a tenth so that 2 micro-batches of 5 need no padding row.
+    # The base case keeps k = 2 of each group of 4: 6 rows, two micro-batches of 3, nothing added.
     if feature == "base":
-        assert [int(k.sum()) for k, _ in case["decisions"]] == [10]
+        assert [int(k.sum()) for k, _ in case["decisions"]] == [6]
 
 
-def test_no_padding_row_and_rounding_is_logged(tmp_path):
-    case = exact_case(str(tmp_path), "bnpo", "spg>gas")
-    # 3 groups x k=2 = 6 rows over 4 micro-batches: 8 kept, 2 per micro-batch, every one a real row.
-    assert [int(k.sum()) for k, _ in case["decisions"]] == [8]
-    assert [len(b["advantages"]) for b in case["gfpo"]["micro_batches"]] == [2, 2, 2, 2]
-    assert all((b["completion_mask"].sum(1) > 0).all() for b in case["gfpo"]["micro_batches"])
+def assert_same_step(case, loss_type, feature, out_dir, processes=1):
+    """GFPO's gradients in a shape GRPOTrainer cannot train (unequal micro-batches, placeholders) against
+    ``step_reference``: per optimizer step, GRPOTrainer on one micro-batch of every kept row that step trained."""
+    micro = [case["gfpo"]["micro_batches"]] if processes == 1 else case["micro_all"]
+    generated = [case["generated"]] if processes == 1 else case["generated_all"]
+    reference = step_reference(out_dir, loss_type, feature, micro, generated)
+    assert case["grpo"] is None  # no equal micro-batches: the matrix's replay does not apply
+    assert len(case["gfpo"]["grads"]) == len(reference["grads"]) >= 1
+    assert max(abs(x) for x in case["gfpo"]["losses"]) > 1e-3
+    for ga, gb in zip(case["gfpo"]["grads"], reference["grads"]):
+        for name in gb:
+            torch.testing.assert_close(ga[name], gb[name], rtol=1e-4, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def kept_and_trained(case) -> list[tuple[int, int]]:
+    """Per generation batch: rows the filter chose, and rows the micro-batches trained (completion mask > 0)."""
+    trained = [int((b["completion_mask"].sum(1) > 0).sum()) for b in case["gfpo"]["micro_batches"]]
+    per_generation = len(trained) // len(case["decisions"])
+    return [
+        (int(kept.sum()), sum(trained[i * per_generation : (i + 1) * per_generation]))
+        for i, (kept, _) in enumerate(case["decisions"])
+    ]
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("loss_type", SHAPE_LOSSES)
+def test_every_batch_shape_trains_the_kept_rows_with_grpos_update(tmp_path, loss_type, shape):
+    """Issue 21: b = 1 and 2 with accumulation, adaptive k, k not dividing the micro-batches. The rows trained are
+    the rows the filter chose, k per group, and the update is GRPO's on them."""
+    case = exact_case(str(tmp_path), loss_type, shape)
+    # (with no iterations, each generation batch's micro-batches are trained once)
+    assert all(chosen == trained for chosen, trained in kept_and_trained(case)), kept_and_trained(case)
+    k = {"b1-ga4": 2, "b2-ga4": 3, "k3-of-4": 3}.get(shape)
+    if k is not None:  # k per group, every group
+        assert all((kept.sum(axis=1) == k).all() for kept, _ in case["decisions"])
+    assert_same_step(case, loss_type, shape, str(tmp_path))
 
 
 @pytest.mark.distributed

@@ -321,14 +321,14 @@ def run_two_processes(tmp_path: Path, *worker_args: str, worker: Path | None = N
 
 
 # ---------------------------------------------------------------------- exactness: GFPO against GRPO on the kept rows
-#: The base case of the exactness matrix: 3 groups of 4 per process, k = 3 (9 kept rows per process: not a multiple
-#: of processes x steps_per_generation, so the step keeps extra rows), two micro-batches, one SGD step, no clipping.
+#: The base case of the exactness matrix: 3 groups of 4 per process, k = 2 (6 kept rows per process: two equal
+#: micro-batches, the shape GRPOTrainer itself can train), one SGD step, no clipping.
 EXACT_BASE = dict(
     per_device_train_batch_size=6,
     steps_per_generation=2,
     gradient_accumulation_steps=2,
     num_generations=4,
-    num_remains_in_group=3,
+    num_remains_in_group=2,
     max_completion_length=64,  # completions end at different lengths: batches of different widths
     max_grad_norm=0.0,
     optim="sgd",
@@ -340,11 +340,29 @@ EXACT_FEATURES = {
     "base": {},
     "entropy": {"entropy_coef": 0.5},
     "moe": {"model": "moe", "router_aux_loss_coef": 0.5},
-    "spg>gas": {"steps_per_generation": 4, "per_device_train_batch_size": 3, "num_remains_in_group": 2, "max_steps": 2},
+    "spg>gas": {"steps_per_generation": 4, "per_device_train_batch_size": 2, "max_steps": 2},  # 4 rows, 1 each
     "iterations": {"num_iterations": 2, "max_steps": 2},
-    "adaptive": {"adaptive_k": [3, 3, 2, 2], "adaptive_warmup_steps": 1, "max_steps": 2},  # warm-up, then adaptive
-    "kl": {"beta": 0.1},  # reference log-probs travel with their rows
+    "kl": {"beta": 0.1},  # reference log-probs stay with their rows
 }
+
+#: Batch shapes whose kept rows do not fill equal micro-batches (issue 21): GRPOTrainer cannot train them in the
+#: same shape, so they are checked against ``step_reference`` (one micro-batch of all kept rows per optimizer step),
+#: which is the GFPO update for every loss whose normaliser is a row mean or a generation-batch token count.
+SHAPES = {
+    # 1 group of 4 per generation batch, k = 2: 2 kept rows for 4 micro-batches (2 hold placeholders).
+    "b1-ga4": {"per_device_train_batch_size": 1, "gradient_accumulation_steps": 4, "steps_per_generation": 4,
+               "max_steps": 2},
+    # 1 group of 8, k = 3: 3 kept rows for 4 micro-batches.
+    "b2-ga4": {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 4, "steps_per_generation": 4,
+               "num_generations": 8, "num_remains_in_group": 3, "max_steps": 2},
+    # 2 groups of 4, k = 2 during warm-up, then 3, 3, 2 or 2 by difficulty: 4 to 6 kept rows for 4 micro-batches.
+    "adaptive": {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 4, "steps_per_generation": 4,
+                 "adaptive_k": [3, 3, 2, 2], "adaptive_warmup_steps": 1, "max_steps": 3},
+    # 3 groups of 4, k = 3: 9 kept rows for 2 micro-batches (5 + 4).
+    "k3-of-4": {"num_remains_in_group": 3},
+}  # fmt: skip
+#: The losses ``step_reference`` is the update of in every shape: row means (grpo, dr_grpo) and token sums.
+SHAPE_LOSSES = ("grpo", "dr_grpo", "dapo", "vespo")
 
 
 #: The two-process cases (each costs a DDP run and its reference, about a minute on a loaded 2-core machine): every
@@ -352,7 +370,7 @@ EXACT_FEATURES = {
 #: feature with vespo (the loss that reads importance ratios past a row's end), a row-mean, a per-micro-batch and a
 #: token-sum loss.
 TWO_PROCESS_CASES = [(loss, "base") for loss in LOSS_TYPES] + [
-    ("vespo", "entropy"), ("vespo", "moe"), ("vespo", "spg>gas"), ("vespo", "iterations"), ("vespo", "adaptive"),
+    ("vespo", "entropy"), ("vespo", "moe"), ("vespo", "spg>gas"), ("vespo", "iterations"),
     ("vespo", "kl"), ("grpo", "entropy"), ("bnpo", "moe"), ("dapo", "spg>gas"),
 ]  # fmt: skip
 
@@ -418,9 +436,9 @@ def exact_trainer_class():
             self.exact["rng"].append(torch.get_rng_state())
             return out
 
-        def _log_selection(self, result, n_total):
+        def _log_selection(self, result, *rest):
             self.exact["decisions"].append((result.kept.copy(), np.asarray(result.advantages).copy()))
-            super()._log_selection(result, n_total)
+            super()._log_selection(result, *rest)
 
     return ExactGFPO
 
@@ -449,13 +467,14 @@ MODEL_COMPLETION_FIELDS = ("old_per_token_logps", "ref_per_token_logps")
 
 def trl_layout(rows: list[dict[str, torch.Tensor]], like: dict[str, Any], pad_id: int):
     """Rows (each field one row's tensor, as its own process's batch held it) stacked as TRL stacks a batch: prompts
-    padded on the left to the longest prompt (pad id, mask 0), completions on the right to the longest completion
-    (TRL_COMPLETION_PADDING). ``like``: a batch whose other fields are copied.
+    as their batch padded them on the left (to the widest such batch when rows of several are joined: pad id, mask
+    0), completions on the right to the longest completion (TRL_COMPLETION_PADDING). ``like``: a batch whose other
+    fields are copied.
 
     Also returns, per model-output field, the columns that TRL's layout leaves to a model (past the row's end in its
     source batch): any finite value there gives the same loss. The batch holds 0 there."""
     width = max(int(r["completion_mask"].sum()) for r in rows)
-    prompt_width = max(int(r["prompt_mask"].sum()) for r in rows)
+    prompt_width = max(r["prompt_ids"].shape[0] for r in rows)  # the batch's own prompt width: no re-padding
     batch, free = {}, {}
     for key, value in like.items():
         if not torch.is_tensor(value) or value.ndim == 0 or key == "advantages":
@@ -496,14 +515,13 @@ def _rows(batch: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
 def reference_batch(generated: list[dict[str, Any]], kept: np.ndarray, advantages: np.ndarray, rank: int, world: int,
                     pad_id: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:  # fmt: skip
     """The batch GRPOTrainer would hold on process ``rank`` had it generated exactly the kept rows, written from TRL's
-    layout rules (not from the adapter): process r's contiguous share of the kept rows in global order (``generated``:
-    every process's batch before the filter) laid out by :func:`trl_layout`, the decided advantages, and
-    ``num_items_in_batch`` = the loss tokens of all kept rows."""
+    layout rules (not from the adapter): process r's own kept rows (``generated``: every process's batch before the
+    filter) laid out by :func:`trl_layout`, the decided advantages, and ``num_items_in_batch`` = the loss tokens of
+    all kept rows."""
     rows = [row for batch in generated for row in _rows(batch)]
     chosen = np.flatnonzero(kept.reshape(-1))
-    share = len(chosen) // world
-    assert share * world == len(chosen)
-    mine = chosen[rank * share : (rank + 1) * share]
+    n_local = len(rows) // world
+    mine = chosen[(chosen >= rank * n_local) & (chosen < (rank + 1) * n_local)]
     batch, free = trl_layout([rows[j] for j in mine], generated[rank], pad_id)
     batch["advantages"] = torch.as_tensor(advantages.reshape(-1)[mine], dtype=generated[rank]["advantages"].dtype)
     tokens = sum(_loss_tokens(rows[j]) for j in chosen)
@@ -545,7 +563,8 @@ def exact_case(out_dir: str, loss_type: str, feature: str, gather: Any = None, *
     processes). Returns both runs' gradients, losses and parameters, the batches GFPO trained and the reference
     batches built from TRL's layout rules (with the columns a model fills), and the decisions.
     """
-    settings = {**EXACT_BASE, **EXACT_FEATURES[feature], **LOSS_TYPES[loss_type], "loss_type": loss_type, **extra}
+    settings = {**EXACT_BASE, **EXACT_FEATURES.get(feature, SHAPES.get(feature)), **LOSS_TYPES[loss_type],
+                "loss_type": loss_type, **extra}  # fmt: skip
     model_kind = settings.pop("model", "llama")
 
     def model():
@@ -574,8 +593,10 @@ def exact_case(out_dir: str, loss_type: str, feature: str, gather: Any = None, *
               "generated": trainer.exact["generated"]}  # fmt: skip
     result["references"], result["free"] = references, free = [], []
     spg = settings["steps_per_generation"]
-    if any(kept.sum() % (world * spg) for kept, _ in trainer.exact["decisions"]):
-        return result  # (the adapter before issue 16) no equal micro-batches: see step_reference
+    equal = [len(set(counts)) == 1 and counts[0] % spg == 0 and counts[0] > 0
+             for counts in (kept.reshape(world, -1).sum(axis=1).tolist() for kept, _ in trainer.exact["decisions"])]  # fmt: skip
+    if not all(equal):
+        return result  # no equal micro-batches, a shape GRPOTrainer cannot train: see step_reference
     for generated, (kept, advantages) in zip(trainer.exact["generated"], trainer.exact["decisions"]):
         batch, columns = reference_batch(gather(generated), kept, advantages, rank, world, pad_id)
         references.append(batch)
@@ -604,7 +625,8 @@ def step_reference(out_dir: str, loss_type: str, feature: str, micro_batches: li
 
     from trl import GRPOTrainer
 
-    settings = {**EXACT_BASE, **EXACT_FEATURES[feature], **LOSS_TYPES[loss_type], "loss_type": loss_type}
+    settings = {**EXACT_BASE, **EXACT_FEATURES.get(feature, SHAPES.get(feature)), **LOSS_TYPES[loss_type],
+                "loss_type": loss_type}  # fmt: skip
     model_kind = settings.pop("model", "llama")
     gas, spg = settings["gradient_accumulation_steps"], settings["steps_per_generation"]
     rescaled = "steps_per_generation" in inspect.getsource(GRPOTrainer._compute_loss)
@@ -628,7 +650,7 @@ def step_reference(out_dir: str, loss_type: str, feature: str, micro_batches: li
         replay.append((batch, torch.get_rng_state()))
     settings = {k: v for k, v in settings.items() if not k.startswith("adaptive")}
     settings.update(steps_per_generation=1, gradient_accumulation_steps=1, num_iterations=1, max_steps=n_steps,
-                    per_device_train_batch_size=4)  # fmt: skip
+                    per_device_train_batch_size=settings["num_generations"])  # fmt: skip
     parts = tiny_parts()
     model = build_moe_model(0) if model_kind == "moe" else build_model(0, hidden=16, layers=1)
     if settings.get("beta"):  # TRL loads its reference model by name

@@ -37,6 +37,7 @@ import json
 import logging
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,10 +45,16 @@ import numpy as np
 import torch
 from accelerate.utils import broadcast_object_list, gather_object
 from trl import GRPOConfig, GRPOTrainer
-from trl.trainer.utils import split_pixel_values_by_grid, unsplit_pixel_values_by_grid
+from trl.trainer.utils import (
+    shuffle_sequence_dict,
+    split_pixel_values_by_grid,
+    split_tensor_dict,
+    unsplit_pixel_values_by_grid,
+)
 
 from gfpo_filters.adaptive import AdaptiveK
 from gfpo_filters.base import GroupFilter
+from gfpo_filters.errors import FilterStateError, GFPOStepWarning
 from gfpo_filters.selection import normalize_then_sum
 from gfpo_filters.step import (
     accepted_kwargs,
@@ -82,6 +89,8 @@ COMPLETION_FIELDS = {
 JOINT_FIELDS = ("token_type_ids", "mm_token_type_ids")
 #: Loss types whose normaliser is num_items_in_batch (a token count over the generation batch).
 TOKEN_SUM_LOSSES = ("dapo", "cispo", "vespo")
+#: The micro-batch key that carries a loss scale from :meth:`GFPOTrainer._micro_batches` to ``compute_loss``.
+LOSS_SCALE = "gfpo_loss_scale"
 
 
 @dataclass
@@ -241,6 +250,108 @@ def _join_joint(batch: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _policy_lengths(completion_ids: list[Any], tool_masks: list[Any] | None) -> torch.Tensor:
+    """Tokens the policy wrote per completion: its generated ids less tool-result tokens (``tool_mask`` 0), counted
+    from TRL's unpadded lists, so that no loss mask (``mask_truncated_completions``, tools) changes a length."""
+    if tool_masks is None:
+        return torch.tensor([len(ids) for ids in completion_ids], dtype=torch.long)
+    return torch.tensor([int(sum(mask)) for mask in tool_masks], dtype=torch.long)
+
+
+def _is_row_field(value: Any) -> bool:
+    return isinstance(value, list) or (torch.is_tensor(value) and value.ndim >= 1)
+
+
+def _rows_of(value: Any, index: list[int]) -> Any:
+    if isinstance(value, list):
+        return [value[i] for i in index]
+    return value[torch.as_tensor(index, dtype=torch.long, device=value.device)]
+
+
+def _trim_completions(fields: dict[str, Any], width: int) -> dict[str, Any]:
+    """Completion-side fields cut to ``width`` columns (those past it are padding for every row kept)."""
+    full = fields["completion_ids"].shape[1]
+    if width >= full:
+        return fields
+    return {
+        key: value[:, :width]
+        if _side(key) == "completion" and torch.is_tensor(value) and value.ndim >= 2 and value.shape[1] == full
+        else value
+        for key, value in fields.items()
+    }
+
+
+def _concat_rows(batch: dict[str, Any], row: dict[str, Any], copies: int) -> dict[str, Any]:
+    """``batch`` followed by ``copies`` copies of the one-row batch ``row`` (per-row fields; the others as in batch)."""
+    if copies == 0:
+        return batch
+    out = dict(batch)
+    for key, value in batch.items():
+        if isinstance(value, list):
+            out[key] = value + row[key] * copies
+        elif torch.is_tensor(value) and value.ndim >= 1:
+            out[key] = torch.cat([value, row[key].repeat(copies, *([1] * (value.ndim - 1)))])
+    return out
+
+
+def _slice_rows(batch: dict[str, Any], begin: int, end: int) -> dict[str, Any]:
+    return {key: value[begin:end] if _is_row_field(value) else value for key, value in batch.items()}
+
+
+@dataclass
+class MicroBatchPlan:
+    """How one generation batch's kept rows become ``steps_per_generation`` micro-batches on every process.
+
+    ``sizes[j]``: rows of micro-batch j, the same on every process (TRL gathers per-row metrics in the loss);
+    ``real[r, j]``: how many of them are process r's kept rows, the rest being placeholders (completion mask 0);
+    ``total``: kept rows over all processes.
+    """
+
+    sizes: np.ndarray
+    real: np.ndarray
+    total: int
+
+    @property
+    def equal(self) -> bool:
+        """Every micro-batch of every process holds the same number of kept rows: GRPOTrainer's own shape."""
+        return bool(self.total) and bool((self.real == self.sizes[0]).all())
+
+    @property
+    def placeholders(self) -> int:
+        return int(self.real.shape[0] * self.sizes.sum() - self.total)
+
+    def scales(self, rank: int, loss_type: str) -> list[float]:
+        """Process ``rank``'s loss scale per micro-batch.
+
+        Token-sum losses (``dapo``, ``cispo``, ``vespo``) divide by one count for the whole generation batch, so a
+        token weighs the same in any micro-batch: scale 1. The other losses (``grpo``, ``sapo``, ``luspo``, ``bnpo``,
+        ``dr_grpo``) average over a micro-batch's rows (or its tokens, ``bnpo``); scaling micro-batch j by
+        ``sizes[j] / mean`` (mean = kept rows per process and micro-batch) gives every row the weight it has in
+        GRPO's equal micro-batches of ``mean`` rows. A micro-batch with no kept row of this process gets 0 (it
+        holds only placeholders: no router or entropy term either).
+        """
+        spg = len(self.sizes)
+        mean = self.total / (self.real.shape[0] * spg) if self.total else 1.0
+        scales = [1.0 if loss_type in TOKEN_SUM_LOSSES else float(size) / mean for size in self.sizes]
+        return [scale if self.real[rank, j] else 0.0 for j, scale in enumerate(scales)]
+
+
+def micro_batch_plan(counts: Any, steps_per_generation: int) -> MicroBatchPlan:
+    """The micro-batches of a generation batch whose processes keep ``counts[r]`` rows each.
+
+    Every process runs ``steps_per_generation`` micro-batches (TRL's step, accumulation and scheduler counting stay
+    GRPOTrainer's). The largest count is split as evenly as possible, larger micro-batches first; a micro-batch gets
+    at least one row (a placeholder when no process has a row for it). Each process's rows fill its micro-batches in
+    order. No kept row is dropped or added: placeholders carry no loss token.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    base, extra = divmod(int(counts.max(initial=0)), steps_per_generation)
+    sizes = np.maximum(np.array([base + (j < extra) for j in range(steps_per_generation)], dtype=np.int64), 1)
+    before = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    real = np.clip(counts[:, None] - before[None, :], 0, sizes[None, :])
+    return MicroBatchPlan(sizes, real, int(counts.sum()))
+
+
 class GFPOTrainer(GRPOTrainer):
     """GRPOTrainer that trains on the top ``num_remains_in_group`` completions of each group.
 
@@ -289,13 +400,19 @@ class GFPOTrainer(GRPOTrainer):
         self._rewards_capture: tuple[Any, ...] | None = None
 
     # ------------------------------------------------------------------ GRPOTrainer hooks
+    def _generate(self, prompts):
+        output = super()._generate(prompts)
+        # (prompt_ids, completion_ids, tool_mask, ...) on TRL 1.7.1 to 1.16: the per-token tool masks, unmasked
+        self._tool_masks = output[2]
+        return output
+
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._rewards_capture = (prompts, completions, completion_ids_list, rewards_per_func)
         return rewards_per_func
 
     def _generate_and_score_completions(self, inputs):
-        self._rewards_capture = None
+        self._rewards_capture = self._tool_masks = None
         output = super()._generate_and_score_completions(inputs)
         if self.group_filter_func is None or not self.model.training:
             return output  # evaluation is unfiltered
@@ -306,6 +423,28 @@ class GFPOTrainer(GRPOTrainer):
             )
         capture, self._rewards_capture = self._rewards_capture, None
         return self._filter_batch(output, *capture)
+
+    def _prepare_inputs(self, generation_batch):
+        """TRL's buffering of one generation batch into ``steps_per_generation`` micro-batches, with GFPO's plan.
+
+        The same as GRPOTrainer's (generate every ``steps_per_generation * num_iterations`` steps, shuffle with TRL's
+        ``shuffle_sequence_dict``, one micro-batch per step), except for the split: the kept rows need not divide into
+        equal micro-batches, so :meth:`_micro_batches` cuts them by :func:`micro_batch_plan`.
+        """
+        if self.group_filter_func is None or not self.model.training:
+            return super()._prepare_inputs(generation_batch)
+        spg = self.args.steps_per_generation
+        if self._step % (spg * self.num_iterations) == 0 or self._buffered_inputs is None:
+            batch = self._generate_and_score_completions(generation_batch)
+            self._buffered_inputs = self._micro_batches(batch)
+        return self._buffered_inputs[self._step % spg]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        scale = inputs.get(LOSS_SCALE) if isinstance(inputs, dict) else None
+        if scale is not None:
+            inputs = {key: value for key, value in inputs.items() if key != LOSS_SCALE}
+        loss = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        return loss if scale is None else loss * scale
 
     # ------------------------------------------------------------------ the GFPO step
     def _filter_batch(self, output, prompts, completions, completion_ids_list, rewards_per_func):
@@ -325,9 +464,11 @@ class GFPOTrainer(GRPOTrainer):
                 f"GFPOTrainer: {n_total} gathered rewards do not form groups of {g} over "
                 f"{acc.num_processes} process(es) with {n_local} rows each"
             )
-        # A completion's length is the tokens the policy wrote: its loss mask, without tool-result tokens.
-        lengths = _loss_mask(output).sum(dim=1)
-        lengths = (acc.gather(lengths) if acc.num_processes > 1 else lengths).cpu().numpy().reshape(-1, g)
+        # Per row: the tokens the policy wrote (whatever masks the loss: truncation, tools) and the loss tokens.
+        policy = _policy_lengths(completion_ids_list, self._tool_masks)
+        counts = torch.stack([policy, _loss_mask(output).sum(dim=1).cpu().long()]).to(acc.device)
+        counts = (acc.gather(counts.T.contiguous()).T if acc.num_processes > 1 else counts).cpu().numpy()
+        lengths, loss_tokens = counts[0].reshape(-1, g), counts[1]
         # Gathered completions, cut into the right groups: rows [i*G, (i+1)*G) belong to prompt i.
         gathered = [gather_object(list(x)) for x in (completions, [list(ids) for ids in completion_ids_list], prompts)]
         result = error = None
@@ -342,12 +483,31 @@ class GFPOTrainer(GRPOTrainer):
                 raise RuntimeError(f"GFPOTrainer: process 0 failed to select rows: {error_text}")
         if error is not None:
             raise error
-        self._log_selection(result, n_total)
-        return self._select_rows(output, result, lengths.reshape(-1), n_local)
+        kept = result.kept.reshape(acc.num_processes, n_local)
+        if not kept.any():
+            warnings.warn(
+                f"GFPOTrainer: no completion of this batch ({n_total // g} groups of {g}) has a reward, so none is "
+                "kept: this step trains on nothing (a zero update; GRPOTrainer's would be its KL and entropy terms "
+                "alone, every advantage being 0)",
+                GFPOStepWarning,
+                stacklevel=2,
+            )
+        plan = micro_batch_plan(kept.sum(axis=1), self.args.steps_per_generation)
+        self._log_selection(result, n_total, plan)
+        rank = acc.process_index
+        widths = [len(ids) for ids in completion_ids_list]
+        advantages = result.advantages.reshape(acc.num_processes, n_local)[rank]
+        batch, placeholder = self._keep_rows(output, np.flatnonzero(kept[rank]), widths, advantages)
+        if getattr(self.args, "gfpo_loss_normalizer", "kept") == "kept":
+            # TRL's count: the loss tokens of the whole (kept) generation batch, all processes together.
+            count = output["num_items_in_batch"]
+            batch["num_items_in_batch"] = torch.full_like(count, float(loss_tokens[result.kept.reshape(-1)].sum()))
+        # else GRPO's count over all G completions stays: the paper's Eq. 2
+        self._plan = (plan, placeholder)
+        return batch
 
     def _decide(self, rewards, rewards_per_func, weights, lengths, completions, completion_ids, prompts):
-        """Process 0's decision for the whole batch: k, the kept rows (a multiple of processes x
-        steps_per_generation, so that they fill equal micro-batches) and their advantages."""
+        """Process 0's decision for the whole batch: k, the kept rows and their advantages."""
         g = self.num_generations
         result = gfpo_step(
             self.group_filter_func,
@@ -362,39 +522,28 @@ class GFPOTrainer(GRPOTrainer):
             global_step=self.state.global_step,
             filter_kwargs=self._filter_kwargs,
             keep_signal=getattr(self.args, "keep_signal", "off"),
-            row_multiple=self.accelerator.num_processes * self.args.steps_per_generation,
         )
         if getattr(self, "multi_objective_aggregation", "sum_then_normalize") == "normalize_then_sum":
             per_func = rewards_per_func.double().cpu().numpy().reshape(-1, g, rewards_per_func.shape[1])
             result.advantages = normalize_then_sum(per_func, result.kept, weights.double().cpu().numpy())
         return result
 
-    def _select_rows(self, output, result, lengths, n_local):
-        """Keep the decided rows of every per-row field, an equal contiguous share on each process, no padding row.
+    def _keep_rows(self, output, rows, widths, advantages):
+        """This process's kept rows (``rows``: local indices, in order) of every per-row field, as TRL laid them out.
 
-        The kept rows are a multiple of processes x ``steps_per_generation``, so TRL's ``_prepare_inputs`` (shuffle,
-        then ``split_tensor_dict`` into ``steps_per_generation`` chunks) cuts each share into equal micro-batches:
-        every micro-batch is one that GRPOTrainer with ``per_device_train_batch_size = kept / (processes x
-        steps_per_generation)`` would train, and every loss normaliser of TRL's is the one it would use.
+        Rows never move between processes, and their prompts keep the left padding of the batch their old and
+        reference log-probs were computed in (a model with learned absolute positions reads it). Completion columns
+        past the longest kept completion are dropped (to ``pad_to_multiple_of``): a causal model's tokens never see
+        later columns. Returns the kept batch (advantages from the decision) and a one-row placeholder laid out like
+        it: a kept row (the first; row 0 of the batch when none is kept) with its completion mask and advantage 0,
+        which fills micro-batch slots that no kept row fills (:func:`micro_batch_plan`).
 
         Per-row fields are tensors whose first dimension is the row, and lists with one entry per row (``num_images``,
-        and image tensors, which TRL's ``split_pixel_values_by_grid`` cuts into one entry per row: a row's images
-        travel with it). Tensors move between processes with tensor gathers, lists (and row tensors of unknown
-        layout) as objects.
+        and image tensors, which TRL's ``split_pixel_values_by_grid`` cuts into one entry per row).
         """
-        acc = self.accelerator
-        rank, world = acc.process_index, acc.num_processes
-        kept_rows = np.flatnonzero(result.kept.reshape(-1))  # global row indices, in order
-        n_kept = kept_rows.size
-        share = n_kept // world
-        if n_kept % (world * self.args.steps_per_generation):
-            raise RuntimeError(
-                f"GFPOTrainer: {n_kept} kept rows do not fill {world} x {self.args.steps_per_generation} equal "
-                "micro-batches; gfpo_step's row_multiple should have rounded them up"
-            )
+        n_local = len(widths)
         output = _split_joint(split_pixel_values_by_grid(output))
-
-        tensors, objects, stacked = {}, {}, set()
+        per_row = {}
         for key, value in output.items():
             if key == "advantages" or not (isinstance(value, list) or (torch.is_tensor(value) and value.ndim >= 1)):
                 continue
@@ -403,96 +552,65 @@ class GFPOTrainer(GRPOTrainer):
                     f"GFPOTrainer cannot tell which rows batch field {key!r} belongs to: it has {len(value)} entries "
                     f"for {n_local} rows; please report this with your TRL version and model"
                 )
-            if isinstance(value, list):
-                objects[key] = value
-            elif _side(key) is None and world > 1:
-                objects[key], stacked = list(value), stacked | {key}  # unknown layout: moved as one object per row
-            else:
-                tensors[key] = value
-
-        if world == 1:
-            index = torch.as_tensor(kept_rows, dtype=torch.long, device=acc.device)
-            fields = {key: value[index] for key, value in tensors.items()}
-            lists = {key: [value[i] for i in kept_rows.tolist()] for key, value in objects.items()}
-        else:
-            # Every process's kept rows in global order, then this process's contiguous share.
-            local = (kept_rows >= rank * n_local) & (kept_rows < (rank + 1) * n_local)
-            local_list = (kept_rows[local] - rank * n_local).tolist()
-            local_idx = torch.as_tensor(local_list, dtype=torch.long, device=acc.device)
-            rows = self._gather_kept_rows({key: value[local_idx] for key, value in tensors.items()}, kept_rows, n_local)
-            begin = rank * share
-            fields = {key: value[begin : begin + share] for key, value in rows.items()}
-            lists = {
-                key: gather_object([value[i] for i in local_list])[begin : begin + share]
-                for key, value in objects.items()
-            }
-        mine = kept_rows[rank * share : (rank + 1) * share]
-
-        fields = self._trim_width(fields)
-        for key in stacked:
-            fields[key] = torch.stack(lists.pop(key)).to(output[key][0].device)
-        batch = {key: value for key, value in output.items() if key not in tensors and key not in objects}
-        batch.update(fields)
-        batch.update(lists)
+            per_row[key] = value
         like = output["advantages"]
-        batch["advantages"] = torch.as_tensor(result.advantages.reshape(-1)[mine]).to(like.device, like.dtype)
-        if getattr(self.args, "gfpo_loss_normalizer", "kept") == "kept":
-            # TRL's count: the loss tokens of the whole (kept) generation batch, all processes together.
-            count = output["num_items_in_batch"]
-            batch["num_items_in_batch"] = torch.full_like(count, float(lengths[kept_rows].sum()))
-        # else GRPO's count over all G completions stays: the paper's Eq. 2
-        return unsplit_pixel_values_by_grid(_join_joint(batch))
+        advantages = torch.as_tensor(advantages).to(like.device, like.dtype)
 
-    def _gather_kept_rows(self, rows, kept_rows, n_local):
-        """Every process's kept rows, concatenated in global row order, padded to common widths.
+        def take(index, width):
+            fields = {key: _rows_of(value, index) for key, value in per_row.items()}
+            fields["advantages"] = advantages[torch.as_tensor(index, dtype=torch.long, device=like.device)]
+            if self.pad_to_multiple_of:
+                width = math.ceil(width / self.pad_to_multiple_of) * self.pad_to_multiple_of
+            fields = _trim_completions(fields, max(width, 1))
+            return {key: fields.get(key, value) for key, value in output.items()}  # TRL's key order
 
-        Prompt fields are padded on the left, completion fields on the right, as TRL pads them.
+        index = rows.tolist()
+        batch = take(index, max((widths[i] for i in index), default=1))
+        if index:
+            placeholder = {key: _rows_of(value, [0]) if key in per_row or key == "advantages" else value
+                           for key, value in batch.items()}  # fmt: skip
+        else:
+            placeholder = take([0], 1)
+        placeholder["completion_mask"] = torch.zeros_like(placeholder["completion_mask"])
+        placeholder["advantages"] = torch.zeros_like(placeholder["advantages"])
+        return unsplit_pixel_values_by_grid(_join_joint(batch)), unsplit_pixel_values_by_grid(_join_joint(placeholder))
+
+    def _micro_batches(self, batch):
+        """Shuffle the kept rows (TRL's ``shuffle_sequence_dict``) and cut them into this generation's micro-batches.
+
+        When every process keeps the same count, a multiple of ``steps_per_generation``, this is TRL's own
+        ``split_tensor_dict`` into equal micro-batches (GRPOTrainer's update on these rows, bit for bit). Otherwise
+        :func:`micro_batch_plan` gives every micro-batch its size (the same on every process, as TRL's metric gathers
+        need), this process's rows fill them in order and placeholder rows (completion mask 0: no loss token, no
+        gradient) fill the rest, and each micro-batch carries the loss scale that makes every kept row weigh what it
+        weighs in GRPO's update on the kept rows (docs/trainer.md, "Batch shapes").
         """
-        acc = self.accelerator
-        counts = [
-            int(((kept_rows >= r * n_local) & (kept_rows < (r + 1) * n_local)).sum()) for r in range(acc.num_processes)
-        ]
-        most = max(counts)
-        pad_id = getattr(getattr(self, "_tokenizer", None), "pad_token_id", None) or 0
-        gathered = {}
-        for key, value in rows.items():
-            pad_value = PROMPT_FIELDS.get(key, COMPLETION_FIELDS.get(key, 0))
-            pad_value = pad_id if pad_value == "pad" else pad_value
-            if value.ndim >= 2:
-                value = acc.pad_across_processes(value, dim=1, pad_index=pad_value, pad_first=_side(key) == "prompt")
-            value = acc.pad_across_processes(value, dim=0, pad_index=pad_value)
-            everything = acc.gather(value)
-            gathered[key] = torch.cat([everything[r * most : r * most + counts[r]] for r in range(acc.num_processes)])
-        return gathered
-
-    def _trim_width(self, fields):
-        """Drop the prompt columns (on the left) and completion columns (on the right) that no kept row uses: the
-        width TRL's own batch of these rows would have (to ``pad_to_multiple_of``). Kept rows are often the short
-        ones, and rows that moved between processes were padded to the widest process's batch."""
-        multiple = getattr(self, "pad_to_multiple_of", None)
-        for side, mask_key in (("prompt", "prompt_mask"), ("completion", "completion_mask")):
-            mask = fields.get(mask_key)
-            if mask is None or mask.numel() == 0:
-                continue
-            used = mask.any(dim=0).nonzero()
-            full = mask.shape[1]
-            width = (full - int(used.min()) if side == "prompt" else int(used.max()) + 1) if used.numel() else 1
-            if multiple:
-                width = math.ceil(width / multiple) * multiple
-            if width >= full:
-                continue
-            cut = slice(full - width, None) if side == "prompt" else slice(None, width)
-            fields = {
-                key: value[:, cut] if _side(key) == side and value.ndim >= 2 and value.shape[1] == full else value
-                for key, value in fields.items()
-            }
-        return fields
+        plan, placeholder = self._plan
+        spg = self.args.steps_per_generation
+        batch = shuffle_sequence_dict(split_pixel_values_by_grid(batch))
+        rank = self.accelerator.process_index
+        if plan.equal:
+            chunks = split_tensor_dict(batch, spg)
+        else:
+            real = plan.real[rank]
+            placeholder = split_pixel_values_by_grid(placeholder)
+            filler = int(plan.sizes.sum() - real.sum())
+            rows = _concat_rows(batch, placeholder, filler)
+            bounds = np.concatenate([[0], np.cumsum(plan.sizes)]).tolist()
+            chunks = [_slice_rows(rows, bounds[j], bounds[j + 1]) for j in range(spg)]
+            for chunk, scale in zip(chunks, plan.scales(rank, self.loss_type)):
+                if scale != 1.0:
+                    chunk[LOSS_SCALE] = scale
+        return [unsplit_pixel_values_by_grid(chunk) for chunk in chunks]
 
     # ------------------------------------------------------------------ logging
-    def _log_selection(self, result, n_total):
+    def _log_selection(self, result, n_total, plan):
         metrics = self._metrics["train"]
         for name, value in result.metrics.items():
             metrics[name].append(value)
+        # Rows trained: exactly the kept ones; placeholders (no loss token) only fill micro-batch slots.
+        metrics["gfpo/trained_rows"].append(float(plan.total))
+        metrics["gfpo/placeholder_rows"].append(float(plan.placeholders))
         # The completions table shows GFPO advantages (0 when rejected) and what was kept.
         logs = getattr(self, "_logs", None)
         if isinstance(logs, dict) and "advantages" in logs and len(logs["advantages"]) >= n_total:
@@ -504,24 +622,36 @@ class GFPOTrainer(GRPOTrainer):
 
     # ------------------------------------------------------------------ checkpoints (filter and adaptive-k state)
     def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        # Process 0 decides the rows, so its filter and adaptive-k state is the run's.
+        # Written first, so that a checkpoint pushed to the Hub (at the end of super()'s save) carries it. Process 0
+        # decides the rows, so its filter and adaptive-k state is the run's.
         if getattr(self, "group_filter_func", None) is not None and self.accelerator.is_main_process:
             folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            os.makedirs(folder, exist_ok=True)
             with open(os.path.join(folder, STATE_FILE), "w") as f:
                 json.dump(filter_state(self.group_filter_func, self._adaptive), f)
+        super()._save_checkpoint(model, trial)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
         if getattr(self, "group_filter_func", None) is None or checkpoint is None:
             return
+        error = None
         if self.accelerator.is_main_process:  # the others never run the filter
             path = os.path.join(checkpoint, STATE_FILE)
             state = None
             if os.path.exists(path):
                 with open(path) as f:
                     state = json.load(f)
-            load_filter_state(self.group_filter_func, self._adaptive, state)  # warns when state is missing
+            try:
+                load_filter_state(self.group_filter_func, self._adaptive, state)  # warns when state is missing
+            except FilterStateError as e:
+                error = e
+        if self.accelerator.num_processes > 1:  # every process stops with process 0's error, none waits for it
+            (text,) = broadcast_object_list([None if error is None else str(error)])
+            if error is None and text is not None:
+                raise FilterStateError(f"process 0 could not resume the filter state: {text}")
+        if error is not None:
+            raise error
 
 
 def _init_signature() -> inspect.Signature:
