@@ -106,7 +106,9 @@ def signal_swap(
     return out
 
 
-def round_up_rows(kept: np.ndarray, rank: np.ndarray, rewards: np.ndarray, multiple: int) -> np.ndarray:
+def round_up_rows(
+    kept: np.ndarray, rank: np.ndarray, rewards: np.ndarray, multiple: int, available: np.ndarray | None = None
+) -> np.ndarray:
     """Keep more completions until the batch's kept count is a multiple of ``multiple``; returns the new mask.
 
     An engine that splits the kept rows into equal micro-batches (TRL: processes x steps per
@@ -115,7 +117,8 @@ def round_up_rows(kept: np.ndarray, rank: np.ndarray, rewards: np.ndarray, multi
     mean known reward (the hardest) come first, ties by group index, and each adds its
     best-ranked (``rank``, 0 = best) completion not yet kept that has a known reward. Completions
     without a reward (advantage 0, a pass for nothing) are added only when no other is left, with
-    a :class:`GFPOStepWarning`; a group never keeps more than its ``G`` completions. Raises
+    a :class:`GFPOStepWarning`; a group never keeps more than its ``G`` completions, and never one
+    outside ``available`` (default: all; an engine's failed sessions are not). Raises
     :class:`GroupInputError` when the batch has too few completions to reach the next multiple.
     """
     kept = np.asarray(kept, dtype=bool)
@@ -126,7 +129,7 @@ def round_up_rows(kept: np.ndarray, rank: np.ndarray, rewards: np.ndarray, multi
         return kept.copy()
     r = np.asarray(rewards, dtype=np.float64)
     valid = np.isfinite(r)
-    free = ~kept
+    free = ~kept if available is None else ~kept & np.asarray(available, dtype=bool)
     if need > free.sum():
         raise GroupInputError(
             f"row_multiple={multiple}: {int(kept.sum())} kept rows need {need} more to make a multiple of "

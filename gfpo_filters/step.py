@@ -211,6 +211,7 @@ class GFPOStepResult:
     metrics: dict[str, float] = field(default_factory=dict)
     top: np.ndarray | None = None  # the filter's own top k, before keep_signal
     signal: np.ndarray | None = None  # (n_groups,) some advantage is not 0 (the group trains on something)
+    added: np.ndarray | None = None  # rows kept only to reach row_multiple (none by default)
 
 
 def group_rows(rows: Sequence[Any], group_size: int) -> list[list[Any]]:
@@ -266,6 +267,7 @@ def gfpo_step(
     filter_kwargs: Sequence[str] | None = None,
     keep_signal: bool | str = False,
     row_multiple: int = 1,
+    available: np.ndarray | None = None,
 ) -> GFPOStepResult:
     """Score, select and compute GFPO advantages for a batch of ``n_groups`` groups of ``G``.
 
@@ -297,7 +299,11 @@ def gfpo_step(
         Keep more completions until the batch's kept count is a multiple of this (an engine that
         splits the kept rows into equal micro-batches needs no padding rows then); which rows are
         added: :func:`gfpo_filters.selection.round_up_rows`. The advantages are standardised over
-        the final kept set; ``gfpo/rounding_rows`` counts the rows added.
+        the final kept set; ``gfpo/rounding_rows`` counts the rows added. Opt-in: the rows added are
+        ones the filter rejected, trained with advantages (a :class:`GFPOStepWarning` says so once).
+    available:
+        ``(n_groups, G)`` bool, False where the engine has no completion (a failed session): such a
+        slot is never kept, not even to reach ``row_multiple``. Default: every slot exists.
     """
     mode = keep_signal_mode(keep_signal)
     rewards = np.asarray(rewards, dtype=np.float64)
@@ -341,13 +347,31 @@ def gfpo_step(
     warn_bad_scores(scores, rewards, k_groups, filter_name(filter_fn))
     warn_few_rewards(rewards, k_groups)
 
-    sel = select(scores, rewards, k_groups, lengths=lengths, keep_signal=mode, scale=scale, row_multiple=row_multiple)
+    sel = select(
+        scores,
+        rewards,
+        k_groups,
+        lengths=lengths,
+        keep_signal=mode,
+        scale=scale,
+        row_multiple=row_multiple,
+        available=available,
+    )
     kept, advantages = sel.kept, sel.advantages
+    if sel.added is not None and sel.added.any():
+        warnings.warn(
+            "row_multiple: rows the filter rejected are kept and trained (with advantages) to fill whole "
+            "micro-batches; gfpo/rounding_rows counts them",
+            GFPOStepWarning,
+            stacklevel=2,
+        )
     metrics = selection_metrics(
         rewards, lengths, kept, k_groups, buckets, top=sel.top, signal=sel.signal, added=sel.added
     )
     metrics["gfpo/filter_seconds"] = filter_seconds
-    return GFPOStepResult(scores, kept, advantages, k_groups, buckets, metrics, top=sel.top, signal=sel.signal)
+    return GFPOStepResult(
+        scores, kept, advantages, k_groups, buckets, metrics, top=sel.top, signal=sel.signal, added=sel.added
+    )
 
 
 @dataclass
@@ -370,6 +394,7 @@ def select(
     keep_signal: bool | str = False,
     scale: str = "group",
     row_multiple: int = 1,
+    available: np.ndarray | None = None,
 ) -> Selection:
     """Steps 4 to 6 of :func:`gfpo_step` on checked scores (the benchmark calls this too).
 
@@ -394,7 +419,7 @@ def select(
     elif mode == "typical":
         kept = typical_mask(rank, rewards, np.zeros(rewards.shape) if lengths is None else lengths, k)
     chosen = kept
-    kept = round_up_rows(kept, rank, rewards, row_multiple)
+    kept = round_up_rows(kept, rank, rewards, row_multiple, available)
     baseline = valid if mode == "group_baseline" else kept
     advantages = gfpo_advantages(rewards, kept, scale=scale, baseline=baseline)
     signal = trains(advantages)

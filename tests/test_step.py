@@ -185,6 +185,26 @@ def test_row_multiple_adds_rows_without_a_reward_only_when_nothing_else_is_left(
     assert result.advantages[0, 1] == 0.0
 
 
+def test_row_multiple_never_keeps_an_unavailable_slot():
+    # reward filter, k=2, row_multiple=4 needs 2 more rows; group 1 (the hardest) would add its completion 3 first,
+    # but that slot does not exist (a failed session): its next available row and group 0's best are added.
+    rewards = np.array([[1.0, 0.0, 1.0, 0.0], [0.0, 0.0, 1.0, np.nan], [1.0, 1.0, 1.0, 0.0]])
+    available = np.ones((3, 4), dtype=bool)
+    available[1, 3] = False
+    with pytest.warns(GFPOStepWarning, match="rows the filter rejected are kept"):
+        result = gfpo_step(
+            load_filter("reward"), completions=[["a"] * 4] * 3, rewards=rewards, k=2, row_multiple=4,
+            available=available,
+        )  # fmt: skip
+    assert not result.kept[1, 3] and result.kept.sum() == 8
+    assert result.added.sum() == 2 and result.metrics["gfpo/rounding_rows"] == 2.0
+    with pytest.raises(GroupInputError, match=r"row_multiple=12: .* has only 5 rows left"):
+        gfpo_step(
+            load_filter("reward"), completions=[["a"] * 4] * 3, rewards=rewards, k=2, row_multiple=12,
+            available=available,
+        )  # fmt: skip
+
+
 def test_row_multiple_that_the_batch_cannot_reach_is_an_error():
     with pytest.raises(GroupInputError, match=r"row_multiple=5: 2 kept rows need 3 more .* has only 2 rows left"):
         gfpo_step(load_filter("reward"), completions=[["a"] * 2] * 2, rewards=np.zeros((2, 2)), k=1, row_multiple=5)

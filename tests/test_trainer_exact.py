@@ -23,6 +23,8 @@ from tests.trainer_utils import (  # noqa: E402
     SHAPE_LOSSES,
     SHAPES,
     TWO_PROCESS_CASES,
+    TWO_PROCESS_SHAPE_CASES,
+    TWO_PROCESS_SHAPES,
     exact_case,
     exact_features,
     run_two_processes,
@@ -107,7 +109,7 @@ def kept_and_trained(case) -> list[tuple[int, int]]:
     ]
 
 
-@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("shape", [s for s in SHAPES if s not in TWO_PROCESS_SHAPES])
 @pytest.mark.parametrize("loss_type", SHAPE_LOSSES)
 def test_every_batch_shape_trains_the_kept_rows_with_grpos_update(tmp_path, loss_type, shape):
     """Issue 21: b = 1 and 2 with accumulation, adaptive k, k not dividing the micro-batches. The rows trained are
@@ -123,15 +125,30 @@ def test_every_batch_shape_trains_the_kept_rows_with_grpos_update(tmp_path, loss
 
 @pytest.mark.distributed
 def test_step_is_grpo_on_the_kept_rows_on_two_processes(tmp_path):
-    """TWO_PROCESS_CASES on two processes (gloo), in one torchrun launch: 9 kept rows per process become 20 over both
-    (5 per micro-batch and process), rows move between processes and are re-padded, DDP averages."""
+    """TWO_PROCESS_CASES on two processes (gloo), in one torchrun launch: each process keeps 6 of its 12 rows (two
+    micro-batches of 3, GRPOTrainer's shape: bit for bit), DDP averages. Then TWO_PROCESS_SHAPE_CASES: a group that
+    straddles both processes (they keep different counts), batch size 1 with accumulation and adaptive k, each
+    against ``step_reference``: every kept row trained once, on the process that generated it."""
     cases = [(loss, feature) for loss, feature in TWO_PROCESS_CASES if feature in FEATURES]
-    run_two_processes(tmp_path, "exact", ",".join(f"{a}:{b}" for a, b in cases), timeout=2400)
+    shapes = list(TWO_PROCESS_SHAPE_CASES)
+    run_two_processes(tmp_path, "exact", ",".join(f"{a}:{b}" for a, b in cases + shapes), timeout=2400)
     failures = []
-    for loss_type, feature in cases:
+    for loss_type, feature in cases + shapes:
         ranks = [torch.load(tmp_path / f"{loss_type}-{feature}-rank{r}.pt", weights_only=False) for r in range(2)]
         try:
             for case in ranks:
+                if (loss_type, feature) in shapes:
+                    chosen = [int(kept.sum()) for kept, _ in case["decisions"]]
+                    trained = [0] * len(chosen)
+                    for rank_batches in case["micro_all"]:
+                        per = len(rank_batches) // len(chosen)
+                        for i in range(len(chosen)):
+                            trained[i] += sum(int((b["completion_mask"].sum(1) > 0).sum())
+                                              for b in rank_batches[i * per : (i + 1) * per])  # fmt: skip
+                    assert trained == chosen, (trained, chosen)
+                    if case is ranks[0]:  # (both hold every process's batches)
+                        assert_same_step(case, loss_type, feature, str(tmp_path / f"ref-{loss_type}-{feature}"), 2)
+                    continue
                 assert_same_training(case, processes=2)
                 assert_fields_as_trl_lays_them_out(case)
             # Both processes trained from one decision.

@@ -360,7 +360,14 @@ SHAPES = {
                  "adaptive_k": [3, 3, 2, 2], "adaptive_warmup_steps": 1, "max_steps": 3},
     # 3 groups of 4, k = 3: 9 kept rows for 2 micro-batches (5 + 4).
     "k3-of-4": {"num_remains_in_group": 3},
+    # Two processes only: 10 rows each, so the group of rows 8 to 11 straddles both (its kept rows stay where they
+    # were generated) and the processes keep different counts (placeholders fill the difference).
+    "straddle": {"per_device_train_batch_size": 5},
 }  # fmt: skip
+#: Shapes that need two processes.
+TWO_PROCESS_SHAPES = ("straddle",)
+#: The shape cases run on two processes (each a DDP run, compared with ``step_reference``).
+TWO_PROCESS_SHAPE_CASES = [("grpo", "straddle"), ("dapo", "straddle"), ("vespo", "b1-ga4"), ("grpo", "adaptive")]
 #: The losses ``step_reference`` is the update of in every shape: row means (grpo, dr_grpo) and token sums.
 SHAPE_LOSSES = ("grpo", "dr_grpo", "dapo", "vespo")
 
@@ -593,9 +600,8 @@ def exact_case(out_dir: str, loss_type: str, feature: str, gather: Any = None, *
               "generated": trainer.exact["generated"]}  # fmt: skip
     result["references"], result["free"] = references, free = [], []
     spg = settings["steps_per_generation"]
-    equal = [len(set(counts)) == 1 and counts[0] % spg == 0 and counts[0] > 0
-             for counts in (kept.reshape(world, -1).sum(axis=1).tolist() for kept, _ in trainer.exact["decisions"])]  # fmt: skip
-    if not all(equal):
+    counts = [kept.reshape(world, -1).sum(axis=1).tolist() for kept, _ in trainer.exact["decisions"]]
+    if not all(len(set(c)) == 1 and c[0] % spg == 0 and c[0] > 0 for c in counts):
         return result  # no equal micro-batches, a shape GRPOTrainer cannot train: see step_reference
     for generated, (kept, advantages) in zip(trainer.exact["generated"], trainer.exact["decisions"]):
         batch, columns = reference_batch(gather(generated), kept, advantages, rank, world, pad_id)

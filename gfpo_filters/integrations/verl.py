@@ -249,8 +249,9 @@ class GFPOReplayBuffer(ReplayBuffer):
             filter_kwargs=self._filter_kwargs,
             keep_signal=self.keep_signal,
             row_multiple=self.row_multiple,
+            available=groups.present,
         )
-        kept = result.kept & groups.present
+        kept = result.kept  # a failed session is never kept, not even to fill a multiple
         outputs = groups.sum(np.ones(len(batch)))
         if self.adv_estimator == "gfpo" and (outputs[kept] > 1).any():
             raise ValueError(
@@ -270,6 +271,7 @@ class GFPOReplayBuffer(ReplayBuffer):
                     result.buckets,
                     top=result.top & groups.present,
                     signal=result.signal,
+                    added=result.added,
                 )
             )
             metrics["gfpo/all_length_mean"] = float(lengths[groups.present].mean())

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from verl.trainer.ppo import core_algos  # noqa: E402
 from verl.trainer.ppo.v1 import get_trainer_cls  # noqa: E402
 
-from gfpo_filters.errors import GFPOFilterWarning, IgnoredSettingWarning  # noqa: E402
+from gfpo_filters.errors import GFPOFilterWarning, GFPOStepWarning, IgnoredSettingWarning  # noqa: E402
 from gfpo_filters.integrations.verl import GFPOReplayBuffer, GFPOReplayBufferAsync  # noqa: E402
 from tests.verl.conftest import (  # noqa: E402
     build_buffer,
@@ -456,6 +456,34 @@ def test_fill_batch_multiple_keeps_real_rows_instead_of_synthetic_ones(transfer_
     per_prompt, metrics, (rows, synthetic) = run(True)
     assert (per_prompt, rows, synthetic, metrics["gfpo/rounding_rows"]) == ([5, 5, 3, 3], 16, 0, 6)
     assert metrics["gfpo/kept_rows"] == 16
+
+
+def test_fill_batch_multiple_with_a_failed_session_fills_with_real_sessions_and_counts_them(
+    transfer_queue, partition, make_config
+):
+    """Issue 21, finding 6: the same batch with session 7 of the easy prompt failed. Rounding never picks the
+    failed session (it would be dropped again, leaving verl to pad), the metrics recomputed without it still count
+    the 6 rows added as rounding (not as keep_signal swaps), and the rounding is warned about."""
+    rewards = ([0] * 8, [1] + [0] * 7, [1, 0] * 4, [1] * 8)
+    uids = [new_uid() for _ in rewards]
+    for i, (uid, r) in enumerate(zip(uids, rewards)):
+        sessions = [[(s + 1, float(x))] for s, x in enumerate(r)]
+        write_group(transfer_queue, partition, uid, sessions, missing=(7,) if i == 3 else ())
+    config = make_config(
+        **{
+            "actor_rollout_ref.rollout.n": 8,
+            "data.train_batch_size": 4,
+            "actor_rollout_ref.actor.ppo_mini_batch_size": 1,
+            "algorithm.adv_estimator": "gfpo",
+        },
+        **gfpo_overrides(filter="length", num_remains_in_group=2, adaptive_k=[3, 3, 2, 2], fill_batch_multiple=True),
+    )
+    buffer = build_buffer(config)
+    with pytest.warns(GFPOStepWarning, match=r"row_multiple: rows the filter rejected are kept and trained"):
+        batch, metrics = buffer.sample(global_steps=0, partition_id=partition, batch_size=4)
+    assert not any(key.startswith(f"{uids[3]}_7_") for key in batch.keys)
+    assert metrics["gfpo/kept_rows"] == 16 and padded_rows(config, batch, transfer_queue)[1] == 0
+    assert metrics["gfpo/rounding_rows"] == 6 and metrics["gfpo/keep_signal_swaps"] == 0
 
 
 def test_fill_batch_multiple_needs_whole_mini_batches_in_the_sampled_batch(make_config):
