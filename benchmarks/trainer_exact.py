@@ -1,7 +1,8 @@
 """GFPO's training step against TRL's GRPOTrainer on the same kept rows: max |gradient difference|, per loss type x
-feature x process count (issue 16).
+feature x process count (issue 16), and per loss type x batch shape (issue 21, ``--shapes``).
 
     OMP_NUM_THREADS=1 PYTHONPATH=$PWD python benchmarks/trainer_exact.py --procs 1   # or 2 (torchrun, gloo)
+    OMP_NUM_THREADS=1 PYTHONPATH=$PWD python benchmarks/trainer_exact.py --shapes    # unequal micro-batches
 
 Each case is ``tests/trainer_utils.exact_case``: one GFPO run of the tiny Llama (3 groups of 4 per process, k = 3,
 off-policy old log-probs and importance ratios, SGD, no clipping) recording every optimizer step's gradient, and
@@ -54,14 +55,29 @@ def main() -> None:
     parser.add_argument("--cases", default="", help="loss:feature,... (default: all; two processes: TWO_PROCESS_CASES)")
     parser.add_argument("--saved", default="", help="two processes: read this finished run's files, do not launch")
     parser.add_argument("--exact-only", action="store_true", help="skip the per-step reference")
+    parser.add_argument("--shapes", action="store_true", help="the batch shapes of issue 21 (SHAPES), every loss")
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from tests.trainer_utils import LOSS_TYPES, TWO_PROCESS_CASES, exact_case, exact_features, run_two_processes
+    from tests.trainer_utils import (
+        LOSS_TYPES,
+        SHAPES,
+        TWO_PROCESS_CASES,
+        TWO_PROCESS_SHAPE_CASES,
+        TWO_PROCESS_SHAPES,
+        exact_case,
+        exact_features,
+        run_two_processes,
+    )
 
     features = exact_features()
-    cases = [c.split(":") for c in args.cases.split(",")] if args.cases else [
-        (loss, feature) for loss in LOSS_TYPES for feature in features
-    ] if args.procs == 1 else [(a, b) for a, b in TWO_PROCESS_CASES if b in features]  # fmt: skip
+    if args.shapes:
+        shapes = [s for s in SHAPES if (s in TWO_PROCESS_SHAPES) == (args.procs == 2)]
+        cases = [(loss, shape) for loss in LOSS_TYPES for shape in shapes] if args.procs == 1 else [
+            (a, b) for a, b in TWO_PROCESS_SHAPE_CASES]  # fmt: skip
+    else:
+        cases = [c.split(":") for c in args.cases.split(",")] if args.cases else [
+            (loss, feature) for loss in LOSS_TYPES for feature in features
+        ] if args.procs == 1 else [(a, b) for a, b in TWO_PROCESS_CASES if b in features]  # fmt: skip
     global EXACT_ONLY
     EXACT_ONLY = args.exact_only
     print("| loss | feature | processes | exact reference | step reference | max |grad| |")

@@ -166,32 +166,3 @@ def test_the_matrix_skips_nothing_on_trl_116():
     if Version(trl.__version__) < Version("1.16"):
         pytest.skip(f"TRL {trl.__version__} lacks some features: {sorted(set(EXACT_FEATURES) - set(FEATURES))}")
     assert FEATURES == list(EXACT_FEATURES)
-
-
-def test_a_widened_row_keeps_its_vespo_weight():
-    """Finding 1 of issue 16, with TRL's own function: VESPO's weight sums log(importance ratio) over every column,
-    unmasked, so the columns a moved row gains must hold TRL's value there, exp(0) = 1. The adapter before issue 16
-    padded 0, which took the row's weight from about 1 to about 2e-15."""
-    from trl import GRPOTrainer
-
-    from gfpo_filters.integrations.trl import COMPLETION_FIELDS
-
-    if not hasattr(GRPOTrainer, "get_gamma_weights"):
-        pytest.skip("this TRL has no VESPO")
-    advantages, log_ratio = torch.tensor([[0.7]]), torch.tensor([[0.05, -0.02, 0.01]])
-    ratio, mask = torch.tensor([[1.1, 0.9, 1.05]]), torch.ones(1, 3)
-    phi = GRPOTrainer.get_gamma_weights(advantages, log_ratio, mask, ratio)
-    pad = COMPLETION_FIELDS["importance_sampling_ratio"]
-    widened = GRPOTrainer.get_gamma_weights(
-        advantages,
-        torch.nn.functional.pad(log_ratio, (0, 2)),
-        torch.nn.functional.pad(mask, (0, 2)),
-        torch.nn.functional.pad(ratio, (0, 2), value=pad),
-    )
-    assert 0.5 < float(phi) <= 1.0  # near 1: the ratios are near 1
-    torch.testing.assert_close(widened, phi)
-    zero = GRPOTrainer.get_gamma_weights(
-        advantages, torch.nn.functional.pad(log_ratio, (0, 2)), torch.nn.functional.pad(mask, (0, 2)),
-        torch.nn.functional.pad(ratio, (0, 2), value=0.0),
-    )  # fmt: skip
-    assert float(zero) < 1e-10  # what padding with 0 did

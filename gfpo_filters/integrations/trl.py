@@ -4,30 +4,36 @@ GRPOTrainer generates, scores and computes GRPO advantages for the whole generat
 This adapter then, on the training batch only:
 
 1. takes the gathered rewards from ``_calculate_rewards`` (it wraps that method to see them),
-2. gathers the completions of all processes, and their lengths from the loss mask (tool output is not the
-   policy's), and cuts them into groups ``[i*G : (i+1)*G]``,
+2. gathers the completions of all processes and their lengths (the tokens the policy wrote: generated ids less
+   tool-result tokens, whatever masks the loss), and cuts them into groups ``[i*G : (i+1)*G]``,
 3. on process 0 only, runs :func:`gfpo_filters.step.gfpo_step`: the filter once on all groups, the top k of each
-   group, then a few next-ranked completions until the kept rows are a multiple of processes x
-   ``steps_per_generation``, and the advantages over the kept set (population std, paper Eq. 1; with
+   group and the advantages over the kept set (population std, paper Eq. 1; with
    ``multi_objective_aggregation="normalize_then_sum"`` each reward function over it, then their weighted sum),
-4. broadcasts that decision, so every process trains the same rows whatever its own state, and
-5. keeps only the kept rows, an equal contiguous share per process, with no padding row: TRL's ``_prepare_inputs``
-   then cuts each share into the equal micro-batches GRPOTrainer would train with ``per_device_train_batch_size``
-   = kept / (processes x ``steps_per_generation``), so the update is GRPOTrainer's on the kept rows, for every loss
-   type and loss term, by construction (tests/test_trainer_exact.py), at about k/G of GRPO's backward cost.
+4. broadcasts that decision, so every process trains the same rows whatever its own state,
+5. keeps each process's own kept rows, as TRL laid them out (rows never move: their old and reference log-probs
+   were computed with that padding), and
+6. cuts them into ``steps_per_generation`` micro-batches by :func:`micro_batch_plan`: in GRPOTrainer's own shape
+   (equal counts that divide evenly) TRL's own shuffle and split, so the update is GRPOTrainer's on the kept rows
+   bit for bit; otherwise micro-batches of unequal sizes, placeholder rows (no loss token) where a process has no
+   row for a slot, and a loss scale per micro-batch that gives every kept row its weight in GRPO's update
+   (docs/trainer.md, "Batch shapes"). No rejected row is ever trained.
 
 GRPOTrainer internals this relies on (checked on TRL 1.7.1 and 1.16.0; docs/trainer.md keeps the same list):
 ``__init__``'s signature (every argument is forwarded as given; only ``group_filter_func`` is ours);
-``_calculate_rewards(inputs, prompts, completions, completion_ids_list)`` returning rewards gathered over
-processes in process order (environment-owned rewards included); ``_generate_and_score_completions(inputs)``
-returning a dict of per-row tensors (``prompt_ids``, ``prompt_mask``, ``completion_ids``, ``completion_mask``,
-``advantages``, optional log-prob tensors, ``importance_sampling_ratio``, ``tool_mask``, image and token-type
-fields, padded as :data:`COMPLETION_FIELDS` says), per-row lists (``num_images``) and ``num_items_in_batch`` (the
-gathered loss-mask sum); ``_prepare_inputs`` shuffling and splitting the batch into ``steps_per_generation`` equal
-chunks; ``trl.trainer.utils.split_pixel_values_by_grid`` and ``unsplit_pixel_values_by_grid``; the attributes
-``reward_weights``, ``num_generations``, ``scale_rewards``, ``multi_objective_aggregation``, ``pad_to_multiple_of``,
-``_metrics``, ``_logs``, ``_tokenizer`` and ``args.steps_per_generation``; and ``_save_checkpoint`` /
-``_load_optimizer_and_scheduler`` for the filter and adaptive-k state.
+``_generate(prompts)`` returning the per-completion tool masks third; ``_calculate_rewards(inputs, prompts,
+completions, completion_ids_list)`` returning rewards gathered over processes in process order (environment-owned
+rewards included); ``_generate_and_score_completions(inputs)`` returning a dict of per-row tensors
+(``prompt_ids``, ``prompt_mask``, ``completion_ids``, ``completion_mask``, ``advantages``, optional log-prob
+tensors, ``importance_sampling_ratio``, ``tool_mask``, image and token-type fields), per-row lists
+(``num_images``) and ``num_items_in_batch`` (the gathered loss-mask sum); ``_prepare_inputs``' buffering
+(``_step``, ``_buffered_inputs``, ``num_iterations``), replaced with the filter on; ``compute_loss`` (extended by a
+scale); the loss normalisers of ``_compute_loss`` (token sums over ``num_items_in_batch``, the others per
+micro-batch) and its per-micro-batch metric gathers (equal sizes on every process);
+``trl.trainer.utils.shuffle_sequence_dict``, ``split_tensor_dict``, ``split_pixel_values_by_grid`` and
+``unsplit_pixel_values_by_grid``; the attributes ``reward_weights``, ``num_generations``, ``scale_rewards``,
+``multi_objective_aggregation``, ``pad_to_multiple_of``, ``loss_type``, ``_metrics``, ``_logs``, ``_tokenizer`` and
+``args.steps_per_generation``; and ``_save_checkpoint`` / ``_load_optimizer_and_scheduler`` for the filter and
+adaptive-k state.
 """
 
 from __future__ import annotations
@@ -69,22 +75,18 @@ from gfpo_filters.step import (
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "gfpo_state.json"
-#: Fields of the generation batch whose second dimension is the prompt (left-padded), and the value TRL pads with.
-PROMPT_FIELDS = {"prompt_ids": "pad", "prompt_mask": 0}
-#: Fields whose second dimension is the completion (right-padded), and the value a column past a row's end gets when
-#: rows of several processes are joined. Where TRL pads explicitly, its value (``pad`` = the pad token id, masks 0,
-#: ``tool_mask`` 1, ``sampling_per_token_logps`` 0, ``importance_sampling_ratio`` exp(0) = 1: VESPO sums its log over
-#: every column, unmasked). Where TRL's value is a model's output (old and reference log-probs), one that keeps each
-#: masked loss term finite: old 0 (ratio exp(logp - 0) <= 1), reference -1e4 (KL's exp(ref - logp) = 0, not inf).
-COMPLETION_FIELDS = {
-    "completion_ids": "pad",
-    "completion_mask": 0,
-    "tool_mask": 1,
-    "old_per_token_logps": 0.0,
-    "ref_per_token_logps": -1e4,
-    "sampling_per_token_logps": 0.0,
-    "importance_sampling_ratio": 1.0,
-}
+#: Fields of the generation batch whose second dimension is the prompt (left-padded).
+PROMPT_FIELDS = ("prompt_ids", "prompt_mask")
+#: Fields whose second dimension is the completion (right-padded): cut with the completion columns.
+COMPLETION_FIELDS = (
+    "completion_ids",
+    "completion_mask",
+    "tool_mask",
+    "old_per_token_logps",
+    "ref_per_token_logps",
+    "sampling_per_token_logps",
+    "importance_sampling_ratio",
+)
 #: Fields whose second dimension is the prompt followed by the completion (VLMs' token types); split in two to move.
 JOINT_FIELDS = ("token_type_ids", "mm_token_type_ids")
 #: Loss types whose normaliser is num_items_in_batch (a token count over the generation batch).

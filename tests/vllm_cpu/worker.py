@@ -3,8 +3,8 @@ LOSS_TYPE``.
 
 Each process runs its own vLLM engine (TRL's colocate mode) and trains one GFPO step on 6 rows of 3 groups (G = 4,
 k = 2, the ``length`` filter). The middle group spans both processes, and process 1's sampler favours ``<eos>``, so
-that group keeps the two short rows of process 1: process 1 holds 4 of the 6 kept rows and one moves to process 0,
-whose completions are wider. Each process saves to OUT_DIR/rank{N}.pt the
+that group keeps the two short rows of process 1: process 1 holds 4 of the 6 kept rows and trains them, process 0
+trains its 2 and placeholders. Each process saves to OUT_DIR/rank{N}.pt the
 batch TRL built before the filter, the micro-batches the loss saw, and the gradient the optimizer saw.
 """
 
@@ -44,8 +44,7 @@ def main(out_dir: str, model_dir: str, mode: str, loss_type: str) -> None:
         vllm_importance_sampling_mode=mode,
         max_grad_norm=0.0,
         max_steps=1,
-        # Process 1's sampler favours <eos>: its completions are short, its batch narrower than process 0's, so
-        # a kept row that moves from it to process 0 gains completion columns.
+        # Process 1's sampler favours <eos>: its completions are short, so it keeps the straddling group's rows.
         generation_kwargs={"logit_bias": {EOS_ID: EOS_BIAS}} if os.environ["RANK"] == "1" else None,
     )
     rank = trainer.accelerator.process_index
