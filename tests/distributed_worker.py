@@ -149,7 +149,7 @@ def feature_runs() -> tuple[str, ...]:
 def features(out_dir: str) -> None:
     """MODE ``features``: multi-turn tools and a vision-language model on two processes, uneven shares.
 
-    3 groups of 4 over two processes (6 rows each), k = 3: 9 kept rows are shared 5 + 4. Each process saves the
+    3 groups of 4 over two processes (6 rows each), k = 3: each process trains its own kept rows. Each process saves the
     rows it generated (before filtering), the kept mask, and the rows it trained to OUT_DIR/{run}-rank{N}.json.
     """
     import os

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import inspect
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ pytest.importorskip("trl")
 from trl import GRPOTrainer  # noqa: E402
 
 from gfpo_filters import load_filter  # noqa: E402
+from gfpo_filters.integrations.trl import micro_batch_plan  # noqa: E402
 from gfpo_filters.trainer import GFPOConfig, GFPOTrainer  # noqa: E402
 from tests.trainer_utils import (  # noqa: E402
     CheckingFilter,
@@ -560,7 +560,7 @@ def test_vision_language_batches_keep_each_rows_image(tmp_path):
 
 # ---------------------------------------------------------------------- two processes
 @pytest.mark.distributed
-def test_tools_and_images_are_redistributed_on_two_processes(tmp_path):
+def test_tools_and_images_stay_with_their_rows_on_two_processes(tmp_path):
     import json
 
     from tests.distributed_worker import feature_runs
@@ -573,12 +573,17 @@ def test_tools_and_images_are_redistributed_on_two_processes(tmp_path):
         kept = [row for row, k in zip(generated, sum(ranks[0]["kept"], [])) if k]
         trained = ranks[0]["trained"] + ranks[1]["trained"]
         key = lambda r: json.dumps(r, sort_keys=True)  # noqa: E731
-        # Every kept row is trained exactly once, with its own tool mask and image, on one of the processes: the
-        # filter's 3 x 3 and one more, so that both processes train 5 rows and none is padding.
-        assert sorted(map(key, trained)) == sorted(map(key, kept)) and len(kept) == 10
+        # Every kept row is trained exactly once, with its own tool mask and image, on the process that generated
+        # it: the filter's 3 x 3, nothing added. The middle group straddles both processes, so they keep
+        # different counts (placeholders fill the difference in the micro-batches, not in these rows).
+        assert sorted(map(key, trained)) == sorted(map(key, kept)) and len(kept) == 9
         top = np.array(ranks[0]["top"])
-        assert (np.array(ranks[0]["kept"]) >= top).all() and top.sum() == 9
-        assert [r["batch_rows"] for r in ranks] == [5, 5]
+        assert (np.array(ranks[0]["kept"]) == top).all() and top.sum() == 9
+        for r in range(2):
+            own = {key(row) for row in ranks[r]["generated"]}
+            assert all(key(row) in own for row in ranks[r]["trained"])
+        flat = sum(ranks[0]["kept"], [])
+        assert [r["batch_rows"] for r in ranks] == [sum(flat[:6]), sum(flat[6:])]
         if run == "tools":
             assert any(0 in r["tool_mask"] for r in trained)  # some kept rows hold tool responses
         else:
@@ -671,9 +676,9 @@ def test_qwen_vl_layout_images_and_token_types_follow_their_rows(tmp_path):
         "num_images": num_images,
         "mm_token_type_ids": torch.cat([torch.ones(n, prompt_width, dtype=torch.long), completion_mask * 0], dim=1),
     }
-    kept = np.array([True, False, True, True])  # rows 0, 2, 3: row 1 (two images, the longest) is dropped
-    decision = SimpleNamespace(kept=kept, advantages=np.array([0.5, 0.0, -0.25, -0.25]))
-    batch = trainer._select_rows(output, decision, np.array(lengths), n)
+    rows = np.array([0, 2, 3])  # row 1 (two images, the longest) is dropped
+    advantages = np.array([0.5, 0.0, -0.25, -0.25])
+    batch, placeholder = trainer._keep_rows(output, rows, lengths, advantages)
     assert batch["num_images"] == [1, 1, 1]
     assert batch["image_grid_thw"].tolist() == [[1, 2, 2], [1, 4, 2], [1, 2, 2]]
     assert batch["pixel_values"][:, 0].tolist() == [0.0] * 4 + [23.0] * 8 + [34.0] * 4  # rows 0, 2, 3's patches
@@ -681,7 +686,19 @@ def test_qwen_vl_layout_images_and_token_types_follow_their_rows(tmp_path):
     assert batch["mm_token_type_ids"].shape == (3, prompt_width + 3)
     assert batch["mm_token_type_ids"][:, :prompt_width].all() and not batch["mm_token_type_ids"][:, prompt_width:].any()
     assert batch["advantages"].tolist() == [0.5, -0.25, -0.25]
+    # The placeholder is row 0 with its image, completion mask 0 and advantage 0. With 4 micro-batches for 3 kept
+    # rows, it fills the last one, images and all, and that micro-batch's loss scale is 0.
+    assert placeholder["num_images"] == [1] and placeholder["pixel_values"][:, 0].tolist() == [0.0] * 4
+    assert not placeholder["completion_mask"].any() and placeholder["advantages"].tolist() == [0.0]
+    trainer._plan = (micro_batch_plan([3], 4), placeholder)
+    torch.manual_seed(0)
+    micro = trainer._micro_batches(batch)
+    assert [m["num_images"] for m in micro] == [[1]] * 4
+    assert [bool(m["completion_mask"].any()) for m in micro] == [True, True, True, False]
+    assert micro[3]["pixel_values"][:, 0].tolist() == [0.0] * 4 and micro[3]["gfpo_loss_scale"] == 0.0
+    images = sorted(float(m["pixel_values"][0, 0]) for m in micro[:3])
+    assert images == [0.0, 23.0, 34.0]  # each kept row with its own image
 
     output["rope_deltas"] = torch.zeros(n + 1)  # a field of unknown layout that is not one entry per row
     with pytest.raises(NotImplementedError, match=r"batch field 'rope_deltas' belongs to: it has 5 entries for 4"):
-        trainer._select_rows(output, decision, np.array(lengths), n)
+        trainer._keep_rows(output, rows, lengths, advantages)

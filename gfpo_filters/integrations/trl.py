@@ -588,7 +588,7 @@ class GFPOTrainer(GRPOTrainer):
         weighs in GRPO's update on the kept rows (docs/trainer.md, "Batch shapes").
         """
         plan, placeholder = self._plan
-        spg = self.args.steps_per_generation
+        spg = len(plan.sizes)  # steps_per_generation
         batch = shuffle_sequence_dict(split_pixel_values_by_grid(batch))
         rank = self.accelerator.process_index
         if plan.equal:
