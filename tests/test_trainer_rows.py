@@ -209,3 +209,54 @@ def test_loss_scales_give_every_row_grpos_weight():
         for size, real, scale in zip(plan.sizes, plan.real[rank], plan.scales(rank, "grpo")):
             if real:
                 assert math.isclose(scale / size, 1 / mean)
+
+
+def test_old_and_reference_log_probs_run_on_the_kept_rows_only(tmp_path, monkeypatch):
+    """Issue 23, item 3: rejected rows cost only their generation. With old log-probs (steps_per_generation >
+    accumulation) and a reference model (beta > 0), TRL's two no-grad passes run on the 8 kept rows of 16, not on
+    all 16, and give the kept rows the values the full passes give them: the same training to float rounding."""
+    from trl import GRPOTrainer
+
+    from tests.trainer_utils import build_model
+
+    path = tmp_path / "initial"
+    build_model(0, hidden=16, layers=1).save_pretrained(path)  # TRL loads the reference model by name
+    runs = {}
+    for defer in (True, False):
+        rows, original = [], GRPOTrainer._get_per_token_logps_and_entropies
+
+        def counted(self, model, input_ids, *args, rows=rows, original=original, **kwargs):
+            if not torch.is_grad_enabled():
+                rows.append(int(input_ids.shape[0]))
+            return original(self, model, input_ids, *args, **kwargs)
+
+        monkeypatch.setattr(GRPOTrainer, "_get_per_token_logps_and_entropies", counted)
+        trainer = GFPOTrainer(
+            model=str(path), reward_funcs=[Recorder()], train_dataset=varied_prompts(),
+            processing_class=build_tokenizer(), group_filter_func="length",
+            args=tiny_args(str(tmp_path / str(defer)), per_device_train_batch_size=4, gradient_accumulation_steps=2,
+                           steps_per_generation=4, num_remains_in_group=2, beta=0.1, optim="sgd", learning_rate=0.5,
+                           max_completion_length=24, max_steps=2),
+        )  # fmt: skip
+        trainer.defer_log_probs = defer
+        seen, compute_loss = [], trainer.compute_loss
+
+        def record(model, inputs, *args, seen=seen, compute_loss=compute_loss, **kwargs):
+            seen.append({k: v.detach().clone() for k, v in inputs.items() if torch.is_tensor(v)})
+            return compute_loss(model, inputs, *args, **kwargs)
+
+        trainer.compute_loss = record
+        trainer.train()
+        params = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+        runs[defer] = (rows, seen, params)
+        monkeypatch.undo()
+    (rows_on, seen_on, params_on), (rows_off, seen_off, params_off) = runs[True], runs[False]
+    assert rows_off == [16, 16] and rows_on == [8, 8]  # old and reference passes, one generation batch
+    assert len(seen_on) == len(seen_off) == 4
+    for a, b in zip(seen_on, seen_off):
+        torch.testing.assert_close(a["completion_ids"], b["completion_ids"], rtol=0, atol=0)  # the same rows
+        mask = a["completion_mask"].bool()
+        for key in ("old_per_token_logps", "ref_per_token_logps"):
+            torch.testing.assert_close(a[key][mask], b[key][mask], rtol=1e-5, atol=1e-6)
+    for name, p in params_off.items():
+        torch.testing.assert_close(params_on[name], p, rtol=1e-5, atol=1e-6)

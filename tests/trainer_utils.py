@@ -435,6 +435,10 @@ def exact_trainer_class():
     from gfpo_filters.trainer import GFPOTrainer
 
     class ExactGFPO(GFPOTrainer):
+        # The replay reference is TRL's batch of all rows as the filter saw it, so every log-prob pass runs there
+        # (deferring them to the kept rows is checked against this in test_trainer_rows.py).
+        defer_log_probs = False
+
         def _filter_batch(self, output, *rest):
             add_off_policy_fields(output, len(self.processing_class))
             self.exact["generated"].append(_cpu(output))

@@ -91,6 +91,9 @@ COMPLETION_FIELDS = (
 JOINT_FIELDS = ("token_type_ids", "mm_token_type_ids")
 #: Loss types whose normaliser is num_items_in_batch (a token count over the generation batch).
 TOKEN_SUM_LOSSES = ("dapo", "cispo", "vespo")
+#: Options of ``_get_per_token_logps_and_entropies`` that are not model inputs (a pass with any other input set, an
+#: image field, is not deferred).
+LOGP_OPTIONS = ("batch_size", "compute_entropy", "compute_aux_loss")
 #: The micro-batch key that carries a loss scale from :meth:`GFPOTrainer._micro_batches` to ``compute_loss``.
 LOSS_SCALE = "gfpo_loss_scale"
 
@@ -362,6 +365,9 @@ class GFPOTrainer(GRPOTrainer):
     ``f(group_completions=..., group_rewards=..., **kwargs) -> list[list[float]]`` (higher = keep).
     """
 
+    #: Run the old and reference log-prob passes on the kept rows only (after the filter), not on all G rows.
+    defer_log_probs: bool = True
+
     def __init__(self, *args: Any, group_filter_func: Any = None, **kwargs: Any) -> None:
         # Every argument of the installed GRPOTrainer, positional or by name, goes to it untouched (and so does any
         # argument a newer TRL adds); only group_filter_func is GFPO's. The signature shown is GRPOTrainer's plus it.
@@ -389,6 +395,7 @@ class GFPOTrainer(GRPOTrainer):
                 "not set: name a filter, e.g. group_filter='token_efficiency' (see 'gfpo-filters list')"
             )
         self.group_filter_func = group_filter_func
+        self._deferred = None
         super().__init__(*args, **kwargs)
         config = self.args
         self.num_remains_in_group = k
@@ -415,8 +422,13 @@ class GFPOTrainer(GRPOTrainer):
 
     def _generate_and_score_completions(self, inputs):
         self._rewards_capture = self._tool_masks = None
-        output = super()._generate_and_score_completions(inputs)
-        if self.group_filter_func is None or not self.model.training:
+        filtering = self.group_filter_func is not None and self.model.training
+        self._deferred = [] if filtering and self.defer_log_probs else None
+        try:
+            output = super()._generate_and_score_completions(inputs)
+        finally:
+            deferred, self._deferred = self._deferred, None
+        if not filtering:
             return output  # evaluation is unfiltered
         if self._rewards_capture is None:
             raise RuntimeError(
@@ -424,7 +436,55 @@ class GFPOTrainer(GRPOTrainer):
                 "this TRL version is not supported (tested: 1.7.1 to 1.16)"
             )
         capture, self._rewards_capture = self._rewards_capture, None
+        self._deferred_calls = deferred or []
         return self._filter_batch(output, *capture)
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
+        """GRPOTrainer's log-prob pass; while a training batch is generated and scored, the old and reference passes
+        are deferred until the filter has chosen, and then run on the kept rows only (:meth:`_run_deferred`)."""
+        key = None if self._deferred is None or torch.is_grad_enabled() else self._deferrable(model, kwargs)
+        if key is None:
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
+            )
+        self._deferred.append((key, model, input_ids, attention_mask, logits_to_keep, args, kwargs))
+        return input_ids.new_zeros((input_ids.shape[0], logits_to_keep), dtype=torch.float32), None, None
+
+    def _deferrable(self, model, kwargs):
+        """Which batch field a no-grad log-prob pass fills, when it can wait for the filter: ``old_per_token_logps``
+        (the policy's, unless vLLM's importance-sampling correction reads it at once) or ``ref_per_token_logps``
+        (a separate reference model). None: run it now (a PEFT reference, which TRL computes inside an
+        adapter-switching context, and any pass with images, whose inputs are not one entry per row)."""
+        if any(value is not None for name, value in kwargs.items() if name not in LOGP_OPTIONS):
+            return None
+        if getattr(self, "ref_model", None) is not None and model is self.ref_model:
+            return "ref_per_token_logps"
+        args = self.args
+        old_needed = args.gradient_accumulation_steps % (args.steps_per_generation * self.num_iterations) != 0
+        vllm_ratio = getattr(self, "use_vllm", False) and getattr(self, "vllm_importance_sampling_correction", True)
+        if model is self.model and old_needed and not vllm_ratio:
+            if not any(key == "old_per_token_logps" for key, *_ in self._deferred):
+                return "old_per_token_logps"
+        return None
+
+    def _run_deferred(self, output, rows, widths):
+        """The deferred old and reference log-prob passes, on this process's kept rows (``rows``) only, laid out as
+        TRL laid them out (completion columns past the longest kept one dropped: a causal model's earlier tokens
+        never see them); the other rows keep 0, as they are never trained."""
+        if not self._deferred_calls:
+            return
+        width = max((widths[i] for i in rows.tolist()), default=0)
+        for key, model, input_ids, attention_mask, logits_to_keep, args, kwargs in self._deferred_calls:
+            if not rows.size or not width:
+                continue
+            index = torch.as_tensor(rows, dtype=torch.long, device=input_ids.device)
+            end = input_ids.shape[1] - logits_to_keep + width
+            with torch.no_grad():
+                logps, _, _ = super()._get_per_token_logps_and_entropies(
+                    model, input_ids[index, :end], attention_mask[index, :end], width, *args, **kwargs
+                )
+            output[key][index, :width] = logps.to(output[key].dtype)
+        self._deferred_calls = []
 
     def _prepare_inputs(self, generation_batch):
         """TRL's buffering of one generation batch into ``steps_per_generation`` micro-batches, with GFPO's plan.
@@ -499,6 +559,7 @@ class GFPOTrainer(GRPOTrainer):
         rank = acc.process_index
         widths = [len(ids) for ids in completion_ids_list]
         advantages = result.advantages.reshape(acc.num_processes, n_local)[rank]
+        self._run_deferred(output, np.flatnonzero(kept[rank]), widths)
         batch, placeholder = self._keep_rows(output, np.flatnonzero(kept[rank]), widths, advantages)
         if getattr(self.args, "gfpo_loss_normalizer", "kept") == "kept":
             # TRL's count: the loss tokens of the whole (kept) generation batch, all processes together.
