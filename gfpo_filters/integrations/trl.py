@@ -20,7 +20,9 @@ This adapter then, on the training batch only:
 
 GRPOTrainer internals this relies on (checked on TRL 1.7.1 and 1.16.0; docs/trainer.md keeps the same list):
 ``__init__``'s signature (every argument is forwarded as given; only ``group_filter_func`` is ours);
-``_generate(prompts)`` returning the per-completion tool masks third; ``_calculate_rewards(inputs, prompts,
+``_generate(prompts)`` returning the per-completion tool masks third; ``_get_per_token_logps_and_entropies``
+(its old and reference passes deferred to the kept rows: TRL reads them only after scoring, except vLLM's
+importance-sampling correction, which keeps the eager pass); ``_calculate_rewards(inputs, prompts,
 completions, completion_ids_list)`` returning rewards gathered over processes in process order (environment-owned
 rewards included); ``_generate_and_score_completions(inputs)`` returning a dict of per-row tensors
 (``prompt_ids``, ``prompt_mask``, ``completion_ids``, ``completion_mask``, ``advantages``, optional log-prob
