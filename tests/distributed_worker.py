@@ -243,10 +243,45 @@ def features(out_dir: str) -> None:
         )
 
 
+def positions(out_dir: str) -> None:
+    """MODE ``positions``: issue 21's finding 4 on two processes. A tiny GPT-2 (learned absolute positions), 6 rows
+    per process (the middle group straddles both), old log-probs (steps_per_generation 2 > accumulation 1), prompts
+    of 1 to 4 tokens. Each process writes, per micro-batch of the first (on-policy) optimizer step, the largest gap
+    between the training forward's log-probs and the old log-probs, to OUT_DIR/positions-rank{N}.json."""
+    from gfpo_filters.experiments.toy import build_tokenizer
+    from tests.test_trainer_rows import build_gpt2
+    from tests.trainer_utils import varied_prompts
+
+    trainer = GFPOTrainer(
+        model=build_gpt2(), reward_funcs=[Recorder()], train_dataset=varied_prompts(),
+        processing_class=build_tokenizer(), group_filter_func="length",
+        args=tiny_args(out_dir, per_device_train_batch_size=3, gradient_accumulation_steps=1, steps_per_generation=2,
+                       num_remains_in_group=2, optim="sgd", max_steps=1, ddp_backend="gloo"),
+    )  # fmt: skip
+    gaps, original = [], trainer.compute_loss
+
+    def compute_loss(model, inputs, *args, **kwargs):
+        if inputs["completion_mask"].any():  # (a placeholder-only micro-batch has no token to compare)
+            ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+            mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+            with torch.no_grad():
+                logps, _, _ = trainer._get_per_token_logps_and_entropies(
+                    model, ids, mask, inputs["completion_ids"].shape[1]
+                )
+            gap = (logps - inputs["old_per_token_logps"]).abs()[inputs["completion_mask"].bool()]
+            gaps.append(float(gap.max()))
+        return original(model, inputs, *args, **kwargs)
+
+    trainer.compute_loss = compute_loss
+    trainer.train()
+    rank = trainer.accelerator.process_index
+    Path(out_dir, f"positions-rank{rank}.json").write_text(json.dumps({"gaps": gaps}))
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
     modes = {"selection": main, "keep_signal": lambda out: main(out, keep_signal="swap")}
-    modes.update(exact=exact, features=features)
+    modes.update(exact=exact, features=features, positions=positions)
     modes[sys.argv[2] if len(sys.argv) > 2 else "selection"](sys.argv[1], *sys.argv[3:])
     # The work is done and written. Tear the process group down and leave without the interpreter's shutdown:
     # there, torch's C++ destructors sometimes abort a process under load ("terminate called without an active

@@ -155,6 +155,21 @@ def test_old_log_probs_agree_with_the_training_forward_for_learned_positions(tmp
     assert len(gaps) == 2 and max(gaps) < 1e-5, gaps
 
 
+@pytest.mark.distributed
+def test_old_log_probs_agree_with_the_training_forward_on_two_processes(tmp_path):
+    """Finding 4 as the issue found it: on two processes, where rows used to move between processes and be re-padded
+    (3 extra left pads changed a GPT-2 row's log-probs by 0.065). Every trained micro-batch of the first, on-policy
+    optimizer step matches its old log-probs on both processes."""
+    import json
+
+    from tests.trainer_utils import run_two_processes
+
+    run_two_processes(tmp_path, "positions")
+    for r in range(2):
+        gaps = json.loads((tmp_path / f"positions-rank{r}.json").read_text())["gaps"]
+        assert gaps and max(gaps) < 1e-5, (r, gaps)
+
+
 def test_row_selection_makes_no_collective_call(tmp_path, monkeypatch):
     """Finding 5: a process decides locally which of its rows to keep, so a field that only some processes have
     (images) cannot leave one process waiting in a gather the others never call. Rows do not move between
