@@ -245,31 +245,34 @@ def features(out_dir: str) -> None:
 
 def positions(out_dir: str) -> None:
     """MODE ``positions``: issue 21's finding 4 on two processes. A tiny GPT-2 (learned absolute positions), 6 rows
-    per process (the middle group straddles both), old log-probs (steps_per_generation 2 > accumulation 1), prompts
-    of 1 to 4 tokens. Each process writes, per micro-batch of the first (on-policy) optimizer step, the largest gap
-    between the training forward's log-probs and the old log-probs, to OUT_DIR/positions-rank{N}.json."""
+    per process: group 0 on process 0, group 1 straddling both, group 2 on process 1, prompts of 1, 2 and 4 tokens.
+    The filter keeps the first two of each group, so process 0 holds 4 kept rows and process 1 holds 2 (the adapter
+    before issue 21 moved one to process 1 and re-padded it). Old log-probs are computed (``num_iterations`` 2), and
+    the one optimizer step trained here is on-policy: each process writes the largest gap between the training
+    forward's log-probs and the old log-probs to OUT_DIR/positions-rank{N}.json."""
+    from datasets import Dataset
+
     from gfpo_filters.experiments.toy import build_tokenizer
     from tests.test_trainer_rows import build_gpt2
-    from tests.trainer_utils import varied_prompts
+
+    def first_two(group_completions, group_rewards):
+        return [[-float(j) for j in range(len(group))] for group in group_completions]
 
     trainer = GFPOTrainer(
-        model=build_gpt2(), reward_funcs=[Recorder()], train_dataset=varied_prompts(),
-        processing_class=build_tokenizer(), group_filter_func="length",
-        args=tiny_args(out_dir, per_device_train_batch_size=3, gradient_accumulation_steps=1, steps_per_generation=2,
-                       num_remains_in_group=2, optim="sgd", max_steps=1, ddp_backend="gloo"),
+        model=build_gpt2(), reward_funcs=[Recorder()], train_dataset=Dataset.from_dict({"prompt": ["a", "bc", "defg"]}),
+        processing_class=build_tokenizer(), group_filter_func=first_two,
+        args=tiny_args(out_dir, per_device_train_batch_size=6, num_iterations=2, num_remains_in_group=2, optim="sgd",
+                       max_steps=1, ddp_backend="gloo", seed=0),
     )  # fmt: skip
     gaps, original = [], trainer.compute_loss
 
     def compute_loss(model, inputs, *args, **kwargs):
-        if inputs["completion_mask"].any():  # (a placeholder-only micro-batch has no token to compare)
-            ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
-            mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
-            with torch.no_grad():
-                logps, _, _ = trainer._get_per_token_logps_and_entropies(
-                    model, ids, mask, inputs["completion_ids"].shape[1]
-                )
-            gap = (logps - inputs["old_per_token_logps"]).abs()[inputs["completion_mask"].bool()]
-            gaps.append(float(gap.max()))
+        ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+        mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+        with torch.no_grad():
+            width = inputs["completion_ids"].shape[1]
+            logps, _, _ = trainer._get_per_token_logps_and_entropies(model, ids, mask, width)
+        gaps.append(float((logps - inputs["old_per_token_logps"]).abs()[inputs["completion_mask"].bool()].max()))
         return original(model, inputs, *args, **kwargs)
 
     trainer.compute_loss = compute_loss

@@ -157,9 +157,10 @@ def test_old_log_probs_agree_with_the_training_forward_for_learned_positions(tmp
 
 @pytest.mark.distributed
 def test_old_log_probs_agree_with_the_training_forward_on_two_processes(tmp_path):
-    """Finding 4 as the issue found it: on two processes, where rows used to move between processes and be re-padded
-    (3 extra left pads changed a GPT-2 row's log-probs by 0.065). Every trained micro-batch of the first, on-policy
-    optimizer step matches its old log-probs on both processes."""
+    """Finding 4 as the issue found it: on two processes, where rows used to move between processes and be re-padded.
+    The adapter before issue 21 moved a row with a 1-token prompt from a process whose prompts are 4 wide to one
+    whose are 2 wide: its log-probs moved by 0.248 from the old ones on an on-policy step. Now every trained
+    micro-batch matches its old log-probs on both processes."""
     import json
 
     from tests.trainer_utils import run_two_processes
