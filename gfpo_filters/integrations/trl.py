@@ -564,9 +564,11 @@ class GFPOTrainer(GRPOTrainer):
         self._run_deferred(output, np.flatnonzero(kept[rank]), widths)
         batch, placeholder = self._keep_rows(output, np.flatnonzero(kept[rank]), widths, advantages)
         if getattr(self.args, "gfpo_loss_normalizer", "kept") == "kept":
-            # TRL's count: the loss tokens of the whole (kept) generation batch, all processes together.
+            # TRL's count: the loss tokens of the whole (kept) generation batch, all processes together; at least 1
+            # (TRL 1.7.1 divides by it unclamped, and a batch that keeps no loss token sums to 0 anyway).
             count = output["num_items_in_batch"]
-            batch["num_items_in_batch"] = torch.full_like(count, float(loss_tokens[result.kept.reshape(-1)].sum()))
+            kept_tokens = max(float(loss_tokens[result.kept.reshape(-1)].sum()), 1.0)
+            batch["num_items_in_batch"] = torch.full_like(count, kept_tokens)
         # else GRPO's count over all G completions stays: the paper's Eq. 2
         self._plan = (plan, placeholder)
         return batch
