@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -369,6 +370,28 @@ def test_a_checkpoint_without_filter_state_is_named(tmp_path):
     (tmp_path / "checkpoint-2" / "gfpo_state.json").unlink()
     resumed = make(tmp_path / "resumed", "random", num_remains_in_group=3, max_steps=3)
     with pytest.warns(FilterStateWarning, match="no state for filter 'random'"):
+        resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+
+
+def test_a_pushed_checkpoint_carries_the_filter_state(tmp_path, monkeypatch):
+    """Issue 21, finding 7: Trainer pushes a checkpoint to the Hub at the end of its own save; gfpo_state.json must
+    be in the folder by then. (No Hub here: the push is recorded, not sent.)"""
+    trainer = make(tmp_path, "random", num_remains_in_group=3, max_steps=2, save_strategy="steps", save_steps=2)
+    pushed = []
+    monkeypatch.setattr(trainer.args, "push_to_hub", True)
+    monkeypatch.setattr(
+        trainer, "_push_from_checkpoint", lambda folder: pushed.append(sorted(os.listdir(folder))), raising=False
+    )
+    trainer.train()
+    assert len(pushed) == 1 and "gfpo_state.json" in pushed[0] and "model.safetensors" in pushed[0]
+
+
+def test_a_foreign_filter_state_stops_the_resume_with_its_name(tmp_path):
+    from gfpo_filters.errors import FilterStateError
+
+    make(tmp_path, "random", num_remains_in_group=3, max_steps=2, save_strategy="steps", save_steps=2).train()
+    resumed = make(tmp_path / "resumed", "length", num_remains_in_group=3, max_steps=3)
+    with pytest.raises(FilterStateError, match=r"belongs to filter 'random', but this run uses 'length'"):
         resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
 
 
