@@ -253,7 +253,7 @@ def positions(out_dir: str) -> None:
     from datasets import Dataset
 
     from gfpo_filters.experiments.toy import build_tokenizer
-    from tests.test_trainer_rows import build_gpt2
+    from tests.test_trainer_rows import build_gpt2, old_log_prob_gaps
 
     def first_two(group_completions, group_rewards):
         return [[-float(j) for j in range(len(group))] for group in group_completions]
@@ -264,18 +264,7 @@ def positions(out_dir: str) -> None:
         args=tiny_args(out_dir, per_device_train_batch_size=6, num_iterations=2, num_remains_in_group=2, optim="sgd",
                        max_steps=1, ddp_backend="gloo", seed=0),
     )  # fmt: skip
-    gaps, original = [], trainer.compute_loss
-
-    def compute_loss(model, inputs, *args, **kwargs):
-        ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
-        mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
-        with torch.no_grad():
-            width = inputs["completion_ids"].shape[1]
-            logps, _, _ = trainer._get_per_token_logps_and_entropies(model, ids, mask, width)
-        gaps.append(float((logps - inputs["old_per_token_logps"]).abs()[inputs["completion_mask"].bool()].max()))
-        return original(model, inputs, *args, **kwargs)
-
-    trainer.compute_loss = compute_loss
+    gaps = old_log_prob_gaps(trainer)
     trainer.train()
     rank = trainer.accelerator.process_index
     Path(out_dir, f"positions-rank{rank}.json").write_text(json.dumps({"gaps": gaps}))
