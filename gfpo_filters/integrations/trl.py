@@ -146,7 +146,7 @@ class GFPOConfig(GRPOConfig):
         default="off",
         metadata={
             "help": "Keep reward variance in kept sets that lost it (docs/keep_signal.md): 'off' or False (the "
-            "paper), True (= 'swap') or a mode: 'swap', 'swap_long', 'group_baseline', 'balanced'."
+            "paper), True (= 'typical') or a mode: 'typical', 'swap', 'swap_long', 'group_baseline', 'balanced'."
         },
     )
 
