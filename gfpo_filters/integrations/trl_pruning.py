@@ -1,0 +1,215 @@
+"""Pruning for GFPOTrainer on TRL's transformers ``generate`` path (TRL 1.7.1 and 1.16).
+
+:class:`PruningMixin` sits between GFPOTrainer and GRPOTrainer and overrides two methods:
+
+* ``_generate_single_turn``: while training, it hands ``model.generate`` a
+  :class:`~gfpo_filters.generation.GroupPruning` criterion for the groups wholly on this process, cuts each
+  pruned row's completion to the tokens it wrote, and logs ``gfpo/pruned_fraction``, ``gfpo/decode_steps``,
+  ``gfpo/generated_tokens`` and ``gfpo/generation_seconds`` (the decode steps and tokens are counted on this
+  path whether or not a rule prunes).
+* ``_calculate_rewards``: calls the reward functions on the rows that were not pruned only; pruned rows get a
+  NaN reward (all functions), so the GFPO step never keeps them.
+
+Which rule a run uses: :func:`gfpo_filters.pruning.plan_pruning` with ``GFPOConfig.gfpo_prune`` (``auto``: on
+where exact) and what this adapter adds: the transformers path only (vLLM and continuous batching are not built,
+docs/pruning.md says why), no tools or environments (a multi-turn rollout calls generate again on other rows),
+rules that need no rewards during generation (TRL scores after generation), no ``mask_truncated_completions``
+(it gives truncated completions length 0, the shortest), and kept rows that fill the micro-batches without
+rounding (rounding may add the next-ranked completion, which pruning may have stopped).
+
+Groups that span processes are not pruned: each process decodes its rows in its own loop, and a shared decision
+would need a collective call per decode step. With TRL's sampler a process holds whole groups when its rows per
+generation are a multiple of G.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import trl.trainer.grpo_trainer as grpo_module
+from transformers import StoppingCriteriaList
+
+from gfpo_filters.generation import GroupPruning
+from gfpo_filters.pruning import EXACT, OFF, PruningPlan, plan_pruning
+
+logger = logging.getLogger(__name__)
+
+
+def unsupported_path(trainer: Any) -> str:
+    """Why this trainer's generation cannot be pruned here, or "" (the transformers ``generate`` path)."""
+    if getattr(trainer, "use_vllm", False):
+        mode = getattr(trainer, "vllm_mode", "?")
+        return (
+            f"vLLM generation (vllm_mode={mode!r}) is not built: TRL hands vLLM whole batches "
+            "(server mode: n=G completions in one request) and pruning needs one request per completion, aborted "
+            "through the engine (docs/pruning.md)"
+        )
+    if getattr(trainer, "use_transformers_continuous_batching", False):
+        return (
+            "transformers continuous batching is not built: generate_batch waits for every request, so pruning "
+            "needs a loop of its own over the manager's requests (docs/pruning.md)"
+        )
+    if getattr(trainer, "rollout_func", None) is not None:
+        return "a rollout_func generates the completions: GFPOTrainer does not see its decoding"
+    if getattr(trainer, "tools", None) or getattr(trainer, "environment_factories", None):
+        return "tools or environments run multi-turn rollouts, which call generate again on other rows"
+    return ""
+
+
+def _exactness_notes(trainer: Any) -> str:
+    """Settings of this run under which pruning would change the selection (empty when none)."""
+    args = trainer.args
+    notes = []
+    if getattr(args, "mask_truncated_completions", False):
+        notes.append("mask_truncated_completions gives truncated completions length 0, the shortest")
+    g = trainer.num_generations
+    k = getattr(args, "num_remains_in_group", None)
+    batch = getattr(args, "generation_batch_size", None)
+    multiple = trainer.accelerator.num_processes * args.steps_per_generation
+    if k is not None and batch and (batch // g * k) % multiple:
+        notes.append(
+            f"the kept rows ({batch // g} groups x k={k}) are rounded up to a multiple of {multiple} with "
+            "next-ranked completions, which pruning may have stopped"
+        )
+    return "; ".join(notes)
+
+
+def decide(trainer: Any) -> PruningPlan:
+    """The run's pruning plan: ``GFPOConfig.gfpo_prune`` against the filter, the settings and the generation path.
+
+    ``auto`` is off (with the reason logged) where pruning would not be exact or the path is not built;
+    ``exact`` and ``approximate`` raise a ValueError there instead.
+    """
+    args = trainer.args
+    mode = getattr(args, "gfpo_prune", "off")
+    filter_fn = getattr(trainer, "group_filter_func", None)
+    if filter_fn is None or mode == "off":
+        return PruningPlan(None, OFF, "no group filter" if filter_fn is None else "gfpo_prune='off'")
+    path = unsupported_path(trainer)
+    plan = plan_pruning(
+        filter_fn,
+        mode,
+        keep_signal=getattr(args, "keep_signal", "off"),
+        adaptive=getattr(args, "adaptive_k", None) is not None,
+        first_m=getattr(args, "gfpo_prune_m", None),
+        not_exact=_exactness_notes(trainer),
+    )
+    if plan.rule is not None and plan.rule.needs_rewards:
+        why = f"the pruning rule {plan.rule!r} reads rewards as completions finish, and TRL scores after generation"
+        if mode != "auto":
+            raise ValueError(f"gfpo_prune={mode!r}: {why}; use gfpo_prune='auto' (off) or 'approximate'")
+        plan = PruningPlan(None, OFF, why)
+    if path and plan.rule is not None:
+        if mode != "auto":
+            raise ValueError(f"gfpo_prune={mode!r}: {path}. Use gfpo_prune='auto' or 'off'")
+        plan = PruningPlan(None, OFF, path)
+    if plan.rule is None:
+        logger.info("GFPOTrainer: no pruning during generation: %s", plan.reason)
+    elif plan.exactness != EXACT:
+        logger.warning("GFPOTrainer: approximate pruning with %r changes the selection: %s", plan.rule, plan.reason)
+    return plan
+
+
+def local_groups(n_local: int, g: int, rank: int) -> np.ndarray:
+    """Group id (0-based, local) per row of this process, -1 for rows of groups that span processes.
+
+    Rows are laid out as GFPOTrainer gathers them: global row ``rank * n_local + j`` belongs to group
+    ``(rank * n_local + j) // g``.
+    """
+    rows = rank * n_local + np.arange(n_local)
+    group = rows // g
+    first, last = rank * n_local, (rank + 1) * n_local
+    whole = (group * g >= first) & ((group + 1) * g <= last)
+    ids = np.where(whole, group - (group[whole].min() if whole.any() else 0), -1)
+    return ids
+
+
+@contextlib.contextmanager
+def _local_gather():
+    """Let GRPOTrainer._calculate_rewards return this process's rewards ungathered (it gathers with the module's
+    ``gather``); the caller gathers the full tensor itself, so processes with different pruned counts agree."""
+    original = grpo_module.gather
+    grpo_module.gather = lambda tensor: tensor
+    try:
+        yield
+    finally:
+        grpo_module.gather = original
+
+
+class PruningMixin:
+    """GFPOTrainer's pruning during generation; see the module docstring."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._gfpo_prune_plan = decide(self)
+        self._gfpo_pruned: np.ndarray | None = None
+
+    def _generate_single_turn(self, prompt_ids, *args, **kwargs):
+        plan = getattr(self, "_gfpo_prune_plan", None)
+        if plan is None or not self.model.training or unsupported_path(self):
+            return super()._generate_single_turn(prompt_ids, *args, **kwargs)
+        acc = self.accelerator
+        g = self.num_generations
+        groups = local_groups(len(prompt_ids), g, acc.process_index)
+        eos = getattr(self, "eos_token_ids", None) or [self._tokenizer.eos_token_id]
+        criterion = GroupPruning(plan.rule, groups, self.args.num_remains_in_group or g, 0, eos)
+        model = acc.unwrap_model(self.model_wrapped)
+        generate = model.generate
+
+        def pruned_generate(*a: Any, **kw: Any) -> Any:
+            criterion.prompt_width = kw["input_ids"].shape[1]
+            kw["stopping_criteria"] = StoppingCriteriaList([*(kw.get("stopping_criteria") or []), criterion])
+            return generate(*a, **kw)
+
+        model.generate = pruned_generate
+        start = time.perf_counter()
+        try:
+            completion_ids, logprobs = super()._generate_single_turn(prompt_ids, *args, **kwargs)
+        finally:
+            del model.generate
+        seconds = time.perf_counter() - start
+        # A pruned row keeps the tokens it wrote (generate padded it, and TRL may have read a pad as its end).
+        for row in np.flatnonzero(criterion.pruned).tolist():
+            completion_ids[row] = list(completion_ids[row][: criterion.lengths[row]])
+        self._gfpo_pruned = criterion.pruned.copy() if plan.rule is not None else None
+        self._log_pruning(criterion, seconds)
+        return completion_ids, logprobs
+
+    def _log_pruning(self, criterion: GroupPruning, seconds: float) -> None:
+        acc = self.accelerator
+        stats = criterion.stats()
+        local = torch.tensor(
+            [stats["pruned_rows"], stats["rows"], stats["generated_tokens"], stats["decode_steps"], seconds],
+            device=acc.device,
+            dtype=torch.float64,
+        )
+        every = acc.gather(local[None]).reshape(-1, local.numel()) if acc.num_processes > 1 else local[None]
+        pruned, rows, tokens = every[:, 0].sum(), every[:, 1].sum(), every[:, 2].sum()
+        metrics = self._metrics["train"]
+        metrics["gfpo/pruned_fraction"].append(float(pruned / rows) if rows > 0 else float("nan"))
+        metrics["gfpo/generated_tokens"].append(float(tokens))
+        metrics["gfpo/decode_steps"].append(float(every[:, 3].max()))
+        metrics["gfpo/generation_seconds"].append(float(every[:, 4].max()))
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        pruned, self._gfpo_pruned = getattr(self, "_gfpo_pruned", None), None
+        if pruned is None or len(pruned) != len(prompts):
+            return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        keep = np.flatnonzero(~pruned).tolist()
+        n_funcs = len(self.reward_funcs)
+        full = torch.full((len(prompts), n_funcs), torch.nan, device=self.accelerator.device)
+        if keep:
+            with _local_gather():
+                local = super()._calculate_rewards(
+                    [inputs[i] for i in keep],
+                    [prompts[i] for i in keep],
+                    [completions[i] for i in keep],
+                    [completion_ids_list[i] for i in keep],
+                )
+            full[torch.as_tensor(keep, device=full.device)] = local.to(full.dtype)
+        return self.accelerator.gather(full) if self.accelerator.num_processes > 1 else full
