@@ -3,6 +3,8 @@ real tiny models, real transformers and TRL objects, no mocks."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -174,3 +176,35 @@ def test_auto_is_off_where_pruning_would_change_the_selection(tmp_path):
     assert make(group_filter="diversity", gfpo_prune="approximate")._gfpo_prune_plan.exactness == "approximate"
     with pytest.raises(ValueError, match="gfpo_prune must be one of"):
         tiny_args(str(tmp_path), gfpo_prune="always")
+
+
+@pytest.mark.distributed
+def test_two_processes_prune_whole_local_groups_and_keep_the_same_rows(tmp_path):
+    import json
+
+    from tests.trainer_utils import run_two_processes
+
+    worker = Path(__file__).with_name("pruning_worker.py")
+    run_two_processes(tmp_path, "auto", worker=worker)
+    run_two_processes(tmp_path, "off", worker=worker)
+    on = [json.loads((tmp_path / f"auto-rank{r}.json").read_text()) for r in range(2)]
+    off = [json.loads((tmp_path / f"off-rank{r}.json").read_text()) for r in range(2)]
+    assert on[0]["plan"] == "exact"
+    # Step 1 samples the same completions in both runs (a pruned run draws fewer random numbers, so later steps
+    # sample others).
+    step = 0
+    # Both processes together train the same rows with the same advantages, pruned or not.
+    trained_on = sorted(tuple(x) for r in on for x in r["rows"][step])
+    trained_off = sorted(tuple(x) for r in off for x in r["rows"][step])
+    assert trained_on == trained_off and len(trained_on) == 6
+    for rank in range(2):
+        seen_on, seen_off = on[rank]["seen"][step], off[rank]["seen"][step]
+        assert len(seen_off) == 6
+        # The reward function saw the unpruned run's completions less the pruned ones; the rows of group 1,
+        # which spans the two processes, are never pruned (they are rows 4, 5 of process 0 and 0, 1 of 1).
+        assert set(seen_on) <= set(seen_off) and len(seen_on) <= 6
+        spanning = seen_off[4:6] if rank == 0 else seen_off[0:2]
+        assert set(spanning) <= set(seen_on)
+    pruned = [log["gfpo/pruned_fraction"] for log in on[0]["logs"] if "gfpo/pruned_fraction" in log]
+    assert pruned == [log["gfpo/pruned_fraction"] for log in on[1]["logs"] if "gfpo/pruned_fraction" in log]
+    assert any(p > 0 for p in pruned)
