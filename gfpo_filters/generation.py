@@ -36,70 +36,120 @@ def group_members(groups: np.ndarray) -> np.ndarray:
     return np.array(members, dtype=np.int64).reshape(len(members), width)
 
 
-class GroupPruning(StoppingCriteria):
-    """Stop the rows ``rule`` says can no longer be kept; count decode steps and tokens.
+class GroupState:
+    """Decoding state of a batch's rows by group, and the rule that stops them (see :mod:`gfpo_filters.pruning`).
 
-    Parameters
-    ----------
-    rule:
-        A :class:`~gfpo_filters.pruning.PruneRule`, or None to count only.
-    groups:
-        ``(B,)`` group id per batch row, -1 for rows in no prunable group (e.g. groups that span processes).
-    k:
-        Completions kept per group: one int, or one per group id.
-    prompt_width:
-        Columns of ``input_ids`` before the first generated token (the padded prompt).
-    eos_token_ids:
-        Tokens that end a completion (the trainer counts that token in the completion's length).
-
-    After generation: ``pruned`` (B,) rows stopped by the rule, ``lengths`` (B,) tokens each row wrote
-    (a finished row's end-of-sequence token included; a pruned row's tokens before it stopped), ``finished``
-    (B,) and ``steps`` (decode steps run).
+    ``groups``: ``(B,)`` group id per row, -1 for rows in no prunable group (e.g. groups that span processes);
+    ``k``: completions kept per group, one int or one per group id. Arrays after :meth:`observe` calls:
+    ``finished``, ``pruned`` and ``lengths`` (tokens each row wrote: a finished row's end-of-sequence token
+    included, a pruned row's tokens before it stopped).
     """
 
-    def __init__(
-        self,
-        rule: PruneRule | None,
-        groups: Any,
-        k: Any,
-        prompt_width: int,
-        eos_token_ids: Any,
-    ) -> None:
+    def __init__(self, rule: PruneRule | None, groups: Any, k: Any) -> None:
         groups = np.asarray(groups, dtype=np.int64)
         self.rule = rule
         self.members = group_members(groups)
         k = np.asarray(k, dtype=np.int64)
         self.k = np.full(len(self.members), int(k), dtype=np.int64) if k.ndim == 0 else k
-        self.prompt_width = int(prompt_width)
-        self.eos = torch.as_tensor(list(eos_token_ids), dtype=torch.long)
         n = groups.size
         self.finished = np.zeros(n, dtype=bool)
         self.pruned = np.zeros(n, dtype=bool)
         self.lengths = np.zeros(n, dtype=np.int64)
+
+    @property
+    def running(self) -> np.ndarray:
+        return ~self.finished & ~self.pruned
+
+    def observe(self, rows: Any, lengths: Any, finished: Any) -> None:
+        """Rows ``rows`` have written ``lengths`` tokens; ``finished``: those that ended (stopped rows: ignored)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        live = ~self.pruned[rows] & ~self.finished[rows]
+        rows = rows[live]
+        self.lengths[rows] = np.asarray(lengths, dtype=np.int64)[live]
+        self.finished[rows] |= np.asarray(finished, dtype=bool)[live]
+
+    def prune(self) -> np.ndarray:
+        """Apply the rule; return the rows it newly stops."""
+        if self.rule is None or not self.members.size or not self.running.any():
+            return np.zeros(0, dtype=np.int64)
+        m = self.members
+        rows = m[self.rule(self.finished[m], self.lengths[m], None, self.k)]
+        rows = rows[~self.pruned[rows]]
+        self.pruned[rows] = True
+        return rows
+
+    def stats(self) -> dict[str, float]:
+        """Tokens written, rows pruned, rows."""
+        return {
+            "generated_tokens": float(self.lengths.sum()),
+            "pruned_rows": float(self.pruned.sum()),
+            "rows": float(self.lengths.size),
+        }
+
+
+class GroupPruning(StoppingCriteria):
+    """A transformers ``StoppingCriteria``: stop the rows ``rule`` says can no longer be kept; count decode steps.
+
+    ``rule``, ``groups`` and ``k`` as for :class:`GroupState`; ``prompt_width``: columns of ``input_ids`` before
+    the first generated token (the padded prompt); ``eos_token_ids``: tokens that end a completion. After
+    generation: ``state`` (a :class:`GroupState`; also ``pruned``, ``lengths``, ``finished``) and ``steps``, the
+    decode steps run.
+    """
+
+    def __init__(self, rule: PruneRule | None, groups: Any, k: Any, prompt_width: int, eos_token_ids: Any) -> None:
+        self.state = GroupState(rule, groups, k)
+        self.prompt_width = int(prompt_width)
+        self.eos = torch.as_tensor(list(eos_token_ids), dtype=torch.long)
         self.steps = 0
+
+    pruned = property(lambda self: self.state.pruned)
+    lengths = property(lambda self: self.state.lengths)
+    finished = property(lambda self: self.state.finished)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
         t = input_ids.shape[1] - self.prompt_width
-        if t <= self.steps:  # not a new step (a second call for the same ids): state is up to date
-            return torch.as_tensor(self.pruned, device=input_ids.device)
-        self.steps = t
-        active = ~self.finished & ~self.pruned
-        last = input_ids[:, -1].detach().cpu()
-        self.lengths[active] = t
-        self.finished |= active & torch.isin(last, self.eos).numpy()
-        if self.rule is not None and self.members.size and (~self.finished & ~self.pruned).any():
-            m = self.members
-            now = self.rule(self.finished[m], self.lengths[m], None, self.k)
-            rows = m[now]
-            self.pruned[rows[~self.pruned[rows]]] = True
-        return torch.as_tensor(self.pruned, device=input_ids.device)
+        if t > self.steps:  # a new decode step (a second call for the same ids changes nothing)
+            self.steps = t
+            state = self.state
+            rows = np.flatnonzero(state.running)
+            last = input_ids[rows, -1].detach().cpu()
+            state.observe(rows, np.full(rows.size, t), torch.isin(last, self.eos).numpy())
+            state.prune()
+        return torch.as_tensor(self.state.pruned, device=input_ids.device)
 
     def stats(self) -> dict[str, float]:
-        """What generation cost: decode steps, tokens written, and the share of rows pruned."""
-        n = self.lengths.size
-        return {
-            "decode_steps": float(self.steps),
-            "generated_tokens": float(self.lengths.sum()),
-            "pruned_rows": float(self.pruned.sum()),
-            "rows": float(n),
-        }
+        """What generation cost: decode steps, tokens written, and the rows pruned."""
+        return {"decode_steps": float(self.steps), **self.state.stats()}
+
+
+def stream_with_pruning(
+    manager: Any, inputs: list[list[int]], state: GroupState, max_new_tokens: int | None, eos_token_ids: Any
+) -> list[list[int]]:
+    """Continuous batching with pruning: stream every request of a running transformers
+    ``ContinuousBatchingManager``, feed each update to ``state`` and cancel the requests its rule stops.
+
+    A cancelled request frees its cache and never returns, so its tokens are those of its last streamed update.
+    Returns the tokens of every request, in input order. Requests progress at different rates here, which is
+    what the rules' tie clause is for.
+    """
+    ids = manager.add_requests(inputs=inputs, max_new_tokens=max_new_tokens, streaming=True)
+    row_of = {rid: i for i, rid in enumerate(ids)}
+    tokens: list[list[int]] = [[] for _ in inputs]
+    eos = set(int(x) for x in eos_token_ids)
+    while state.running.any():
+        result = manager.get_result(timeout=1)
+        if result is None:
+            if not manager.is_running():
+                raise RuntimeError("continuous batching stopped before every request finished (see its log)")
+            continue
+        row = row_of.get(result.request_id)
+        if row is None or not state.running[row]:
+            continue
+        if result.error is not None:
+            raise RuntimeError(f"continuous batching request {result.request_id} failed: {result.error}")
+        tokens[row] = list(result.generated_tokens)
+        ended = result.is_finished() or (bool(tokens[row]) and tokens[row][-1] in eos)
+        state.observe([row], [len(tokens[row])], [ended])
+        for stop in state.prune().tolist():
+            manager.cancel_request(ids[stop])
+    return tokens

@@ -208,3 +208,49 @@ def test_two_processes_prune_whole_local_groups_and_keep_the_same_rows(tmp_path)
     pruned = [log["gfpo/pruned_fraction"] for log in on[0]["logs"] if "gfpo/pruned_fraction" in log]
     assert pruned == [log["gfpo/pruned_fraction"] for log in on[1]["logs"] if "gfpo/pruned_fraction" in log]
     assert any(p > 0 for p in pruned)
+
+
+def test_continuous_batching_prunes_and_cancels(tmp_path):
+    """TRL's continuous batching path: requests stream, the rule stops rows as they fall behind, and a stopped
+    request is cancelled (its cache freed). Requests run at different rates, so there is no same-samples run to
+    compare against; instead every pruned row is checked against the rule's claim on the completions returned."""
+    from gfpo_filters.trainer import GFPOTrainer
+
+    parts = tiny_parts()
+    recorder = CountingRecorder()
+    trainer = GFPOTrainer(
+        model=parts["model"],
+        reward_funcs=[recorder],
+        args=tiny_args(
+            str(tmp_path),
+            per_device_train_batch_size=16,
+            num_generations=8,
+            num_remains_in_group=3,
+            max_completion_length=30,
+            group_filter="length",
+            use_transformers_continuous_batching=True,
+        ),
+        train_dataset=parts["train_dataset"],
+        processing_class=parts["processing_class"],
+    )
+    assert trainer._gfpo_prune_plan.exactness == "exact"
+    seen = []
+    generate = trainer._generate_single_turn
+
+    def spy(*args, **kwargs):
+        ids, logprobs = generate(*args, **kwargs)
+        seen.append(([list(x) for x in ids], trainer._gfpo_pruned.copy()))
+        return ids, logprobs
+
+    trainer._generate_single_turn = spy
+    trainer.train()
+    ((ids, pruned),) = seen
+    assert pruned.any()
+    assert len(recorder.calls[0]) == 16 - pruned.sum()
+    lengths = np.array([len(x) for x in ids]).reshape(2, 8)
+    for g in range(2):
+        done = ~pruned[8 * g : 8 * g + 8]
+        for j in np.flatnonzero(~done):
+            c = lengths[g, j]  # tokens the pruned row had written: it would have ended with at least c + 1
+            ahead = done & ((lengths[g] < c + 1) | ((lengths[g] == c + 1) & (np.arange(8) < j)))
+            assert ahead.sum() >= 3, (g, j, lengths[g].tolist(), done.tolist())

@@ -3,7 +3,8 @@
 :class:`PruningMixin` sits between GFPOTrainer and GRPOTrainer and overrides two methods:
 
 * ``_generate_single_turn``: while training, it hands ``model.generate`` a
-  :class:`~gfpo_filters.generation.GroupPruning` criterion for the groups wholly on this process, cuts each
+  :class:`~gfpo_filters.generation.GroupPruning` criterion for the groups wholly on this process (on the continuous
+  batching path, it streams the requests itself and cancels the pruned ones: ``stream_with_pruning``), cuts each
   pruned row's completion to the tokens it wrote, and logs ``gfpo/pruned_fraction``, ``gfpo/decode_steps``,
   ``gfpo/generated_tokens`` and ``gfpo/generation_seconds`` (the decode steps and tokens are counted on this
   path whether or not a rule prunes).
@@ -11,11 +12,11 @@
   NaN reward (all functions), so the GFPO step never keeps them.
 
 Which rule a run uses: :func:`gfpo_filters.pruning.plan_pruning` with ``GFPOConfig.gfpo_prune`` (``auto``: on
-where exact) and what this adapter adds: the transformers path only (vLLM and continuous batching are not built,
-docs/pruning.md says why), no tools or environments (a multi-turn rollout calls generate again on other rows),
-rules that need no rewards during generation (TRL scores after generation), no ``mask_truncated_completions``
-(it gives truncated completions length 0, the shortest), and kept rows that fill the micro-batches without
-rounding (rounding may add the next-ranked completion, which pruning may have stopped).
+where exact) and what this adapter adds: transformers ``generate`` and continuous batching only (the vLLM paths
+are not built, docs/pruning.md says why), no tools or environments (a multi-turn rollout calls generate again on
+other rows), rules that need no rewards during generation (TRL scores after generation), no
+``mask_truncated_completions`` (it gives truncated completions length 0, the shortest), and kept rows that fill the
+micro-batches without rounding (rounding may add the next-ranked completion, which pruning may have stopped).
 
 Groups that span processes are not pruned: each process decodes its rows in its own loop, and a shared decision
 would need a collective call per decode step. With TRL's sampler a process holds whole groups when its rows per
@@ -27,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -34,7 +36,7 @@ import torch
 import trl.trainer.grpo_trainer as grpo_module
 from transformers import StoppingCriteriaList
 
-from gfpo_filters.generation import GroupPruning
+from gfpo_filters.generation import GroupPruning, GroupState, stream_with_pruning
 from gfpo_filters.pruning import EXACT, OFF, PruningPlan, plan_pruning
 
 logger = logging.getLogger(__name__)
@@ -48,11 +50,6 @@ def unsupported_path(trainer: Any) -> str:
             f"vLLM generation (vllm_mode={mode!r}) is not built: TRL hands vLLM whole batches "
             "(server mode: n=G completions in one request) and pruning needs one request per completion, aborted "
             "through the engine (docs/pruning.md)"
-        )
-    if getattr(trainer, "use_transformers_continuous_batching", False):
-        return (
-            "transformers continuous batching is not built: generate_batch waits for every request, so pruning "
-            "needs a loop of its own over the manager's requests (docs/pruning.md)"
         )
     if getattr(trainer, "rollout_func", None) is not None:
         return "a rollout_func generates the completions: GFPOTrainer does not see its decoding"
@@ -129,6 +126,17 @@ def local_groups(n_local: int, g: int, rank: int) -> np.ndarray:
     return ids
 
 
+def _with_criterion(generate: Any, criterion: GroupPruning) -> Any:
+    """``model.generate`` with ``criterion`` added to its stopping criteria (and told the prompt's width)."""
+
+    def pruned_generate(*args: Any, **kwargs: Any) -> Any:
+        criterion.prompt_width = kwargs["input_ids"].shape[1]
+        kwargs["stopping_criteria"] = StoppingCriteriaList([*(kwargs.get("stopping_criteria") or []), criterion])
+        return generate(*args, **kwargs)
+
+    return pruned_generate
+
+
 @contextlib.contextmanager
 def _local_gather():
     """Let GRPOTrainer._calculate_rewards return this process's rewards ungathered (it gathers with the module's
@@ -153,38 +161,59 @@ class PruningMixin:
         plan = getattr(self, "_gfpo_prune_plan", None)
         if plan is None or not self.model.training or unsupported_path(self):
             return super()._generate_single_turn(prompt_ids, *args, **kwargs)
+        continuous = getattr(self, "use_transformers_continuous_batching", False)
+        if continuous and plan.rule is None:
+            return super()._generate_single_turn(prompt_ids, *args, **kwargs)  # TRL's own loop when nothing prunes
         acc = self.accelerator
-        g = self.num_generations
-        groups = local_groups(len(prompt_ids), g, acc.process_index)
+        groups = local_groups(len(prompt_ids), self.num_generations, acc.process_index)
         eos = getattr(self, "eos_token_ids", None) or [self._tokenizer.eos_token_id]
-        criterion = GroupPruning(plan.rule, groups, self.args.num_remains_in_group or g, 0, eos)
+        k = self.args.num_remains_in_group or self.num_generations
         model = acc.unwrap_model(self.model_wrapped)
-        generate = model.generate
-
-        def pruned_generate(*a: Any, **kw: Any) -> Any:
-            criterion.prompt_width = kw["input_ids"].shape[1]
-            kw["stopping_criteria"] = StoppingCriteriaList([*(kw.get("stopping_criteria") or []), criterion])
-            return generate(*a, **kw)
-
-        model.generate = pruned_generate
+        if continuous:
+            tracker = state = GroupState(plan.rule, groups, k)
+            name, replacement = "generate_batch", self._continuous_batching_with_pruning(model, state, eos)
+        else:
+            tracker = GroupPruning(plan.rule, groups, k, 0, eos)
+            state = tracker.state
+            name, replacement = "generate", _with_criterion(model.generate, tracker)
+        setattr(model, name, replacement)
         start = time.perf_counter()
         try:
             completion_ids, logprobs = super()._generate_single_turn(prompt_ids, *args, **kwargs)
         finally:
-            del model.generate
+            delattr(model, name)
         seconds = time.perf_counter() - start
         # A pruned row keeps the tokens it wrote (generate padded it, and TRL may have read a pad as its end).
-        for row in np.flatnonzero(criterion.pruned).tolist():
-            completion_ids[row] = list(completion_ids[row][: criterion.lengths[row]])
-        self._gfpo_pruned = criterion.pruned.copy() if plan.rule is not None else None
-        self._log_pruning(criterion, seconds)
+        for row in np.flatnonzero(state.pruned).tolist():
+            completion_ids[row] = list(completion_ids[row][: state.lengths[row]])
+        self._gfpo_pruned = state.pruned.copy() if plan.rule is not None else None
+        steps = tracker.steps if isinstance(tracker, GroupPruning) else int(state.lengths.max(initial=0))
+        self._log_pruning(state, steps, seconds)
         return completion_ids, logprobs
 
-    def _log_pruning(self, criterion: GroupPruning, seconds: float) -> None:
+    @staticmethod
+    def _continuous_batching_with_pruning(model: Any, state: GroupState, eos: Any) -> Any:
+        """A stand-in for ``model.generate_batch`` (TRL's continuous batching call) that prunes as requests stream."""
+
+        def generate_batch(inputs, generation_config=None, continuous_batching_config=None, **kwargs):
+            config = generation_config or model.generation_config
+            max_new_tokens = kwargs.get("max_new_tokens", config.max_new_tokens)
+            with model.continuous_batching_context_manager(
+                generation_config=generation_config,
+                continuous_batching_config=continuous_batching_config,
+                block=True,
+                timeout=5,
+            ) as manager:
+                tokens = stream_with_pruning(manager, inputs, state, max_new_tokens, eos)
+            return {f"row_{i}": SimpleNamespace(generated_tokens=ids) for i, ids in enumerate(tokens)}
+
+        return generate_batch
+
+    def _log_pruning(self, state: GroupState, steps: int, seconds: float) -> None:
         acc = self.accelerator
-        stats = criterion.stats()
+        stats = state.stats()
         local = torch.tensor(
-            [stats["pruned_rows"], stats["rows"], stats["generated_tokens"], stats["decode_steps"], seconds],
+            [stats["pruned_rows"], stats["rows"], stats["generated_tokens"], float(steps), seconds],
             device=acc.device,
             dtype=torch.float64,
         )
