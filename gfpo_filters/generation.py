@@ -153,3 +153,40 @@ def stream_with_pruning(
         for stop in state.prune().tolist():
             manager.cancel_request(ids[stop])
     return tokens
+
+
+def engine_with_pruning(engine: Any, prompts: list[Any], sampling_params: Any, state: GroupState) -> tuple[list, int]:
+    """vLLM with pruning: drive an ``LLMEngine`` (``LLM.llm_engine``) one request per row, feed every step's
+    outputs to ``state`` and abort the requests its rule stops.
+
+    ``sampling_params`` must ask for one completion per request (``n=1``) and cumulative outputs (vLLM's
+    default), so each step's output holds the tokens so far. An aborted request returns nothing through the
+    synchronous engine, so its output is the last one seen. Returns the outputs in prompt order (what
+    ``LLM.generate`` returns) and the number of engine steps run.
+    """
+    if getattr(sampling_params, "n", 1) != 1:
+        raise ValueError(f"pruning with vLLM needs one completion per request (n=1), got n={sampling_params.n}")
+    tag = f"gfpo-{id(state):x}"
+    external = [f"{tag}-{i}" for i in range(len(prompts))]
+    row_of = {rid: i for i, rid in enumerate(external)}
+    for i, (rid, prompt) in enumerate(zip(external, prompts)):
+        internal = engine.add_request(rid, prompt, sampling_params)
+        row_of[internal] = i
+    last: list[Any] = [None] * len(prompts)
+    steps = 0
+    while engine.has_unfinished_requests():
+        steps += 1
+        for out in engine.step():
+            row = row_of.get(out.request_id)
+            if row is None or state.pruned[row]:
+                continue
+            last[row] = out
+            tokens = out.outputs[0].token_ids
+            state.observe([row], [len(tokens)], [out.finished])
+        stop = state.prune()
+        if stop.size:
+            engine.abort_request([external[i] for i in stop.tolist()])
+    missing = [i for i, out in enumerate(last) if out is None]
+    if missing:
+        raise RuntimeError(f"vLLM returned no output for request(s) {missing[:5]} (rows of the batch)")
+    return last, steps

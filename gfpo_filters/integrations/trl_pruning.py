@@ -36,7 +36,7 @@ import torch
 import trl.trainer.grpo_trainer as grpo_module
 from transformers import StoppingCriteriaList
 
-from gfpo_filters.generation import GroupPruning, GroupState, stream_with_pruning
+from gfpo_filters.generation import GroupPruning, GroupState, engine_with_pruning, stream_with_pruning
 from gfpo_filters.pruning import EXACT, OFF, PruningPlan, plan_pruning
 
 logger = logging.getLogger(__name__)
@@ -46,11 +46,13 @@ def unsupported_path(trainer: Any) -> str:
     """Why this trainer's generation cannot be pruned here, or "" (the transformers ``generate`` path)."""
     if getattr(trainer, "use_vllm", False):
         mode = getattr(trainer, "vllm_mode", "?")
-        return (
-            f"vLLM generation (vllm_mode={mode!r}) is not built: TRL hands vLLM whole batches "
-            "(server mode: n=G completions in one request) and pruning needs one request per completion, aborted "
-            "through the engine (docs/pruning.md)"
-        )
+        if mode != "colocate":
+            return (
+                f"vLLM generation in {mode!r} mode is not built: the client asks for n=G completions in one request, "
+                "and pruning needs one request per completion, aborted through the server (docs/pruning.md)"
+            )
+        if getattr(trainer.args, "vllm_tensor_parallel_size", 1) > 1:
+            return "vLLM colocate with tensor parallelism is not built: the engine sees the rows of several processes"
     if getattr(trainer, "rollout_func", None) is not None:
         return "a rollout_func generates the completions: GFPOTrainer does not see its decoding"
     if getattr(trainer, "tools", None) or getattr(trainer, "environment_factories", None):
@@ -126,6 +128,18 @@ def local_groups(n_local: int, g: int, rank: int) -> np.ndarray:
     return ids
 
 
+def _vllm_with_pruning(llm: Any, state: GroupState, steps_seen: list[int]) -> Any:
+    """A stand-in for ``LLM.generate`` (TRL's colocate call) that runs the engine itself and aborts pruned requests."""
+
+    def generate(prompts, sampling_params=None, use_tqdm=False, **kwargs):
+        if kwargs.get("lora_request") is not None:
+            raise NotImplementedError("pruning with vLLM LoRA requests is not built; set gfpo_prune='off'")
+        outputs, steps_seen[0] = engine_with_pruning(llm.llm_engine, prompts, sampling_params, state)
+        return outputs
+
+    return generate
+
+
 def _with_criterion(generate: Any, criterion: GroupPruning) -> Any:
     """``model.generate`` with ``criterion`` added to its stopping criteria (and told the prompt's width)."""
 
@@ -162,14 +176,19 @@ class PruningMixin:
         if plan is None or not self.model.training or unsupported_path(self):
             return super()._generate_single_turn(prompt_ids, *args, **kwargs)
         continuous = getattr(self, "use_transformers_continuous_batching", False)
-        if continuous and plan.rule is None:
+        if (continuous or getattr(self, "use_vllm", False)) and plan.rule is None:
             return super()._generate_single_turn(prompt_ids, *args, **kwargs)  # TRL's own loop when nothing prunes
         acc = self.accelerator
         groups = local_groups(len(prompt_ids), self.num_generations, acc.process_index)
         eos = getattr(self, "eos_token_ids", None) or [self._tokenizer.eos_token_id]
         k = self.args.num_remains_in_group or self.num_generations
         model = acc.unwrap_model(self.model_wrapped)
-        if continuous:
+        steps_seen = [0]
+        if getattr(self, "use_vllm", False):
+            tracker = state = GroupState(plan.rule, groups, k)
+            model = self.vllm_generation.llm
+            name, replacement = "generate", _vllm_with_pruning(model, state, steps_seen)
+        elif continuous:
             tracker = state = GroupState(plan.rule, groups, k)
             name, replacement = "generate_batch", self._continuous_batching_with_pruning(model, state, eos)
         else:
@@ -186,8 +205,13 @@ class PruningMixin:
         # A pruned row keeps the tokens it wrote (generate padded it, and TRL may have read a pad as its end).
         for row in np.flatnonzero(state.pruned).tolist():
             completion_ids[row] = list(completion_ids[row][: state.lengths[row]])
+            if logprobs is not None:
+                logprobs[row] = list(logprobs[row][: state.lengths[row]])
         self._gfpo_pruned = state.pruned.copy() if plan.rule is not None else None
-        steps = tracker.steps if isinstance(tracker, GroupPruning) else int(state.lengths.max(initial=0))
+        if isinstance(tracker, GroupPruning):
+            steps = tracker.steps
+        else:  # vLLM: engine steps; continuous batching: the longest row's tokens (a lower bound)
+            steps = steps_seen[0] or int(state.lengths.max(initial=0))
         self._log_pruning(state, steps, seconds)
         return completion_ids, logprobs
 
