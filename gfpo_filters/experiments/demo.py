@@ -68,8 +68,13 @@ def train_variant(
     keep_signal: bool | str = False,
     task: str = "x",
     gfpo_loss_normalizer: str = "kept",
+    gfpo_prune: str = "off",
 ) -> dict[str, Any]:
-    """Train one variant on a task of :data:`gfpo_filters.experiments.toy.TASKS`; return its history (a worker)."""
+    """Train one variant on a task of :data:`gfpo_filters.experiments.toy.TASKS`; return its history (a worker).
+
+    ``gfpo_prune`` is off by default here: the history's length and reward are TRL's batch metrics, which with
+    pruning cover the tokens written (pruned completions are cut short), not the policy's full completions.
+    """
     from gfpo_filters.experiments.toy import TASKS
 
     if task not in TASKS:
@@ -111,6 +116,7 @@ def train_variant(
         bf16=False,
         keep_signal=keep_signal,
         gfpo_loss_normalizer=gfpo_loss_normalizer,
+        gfpo_prune=gfpo_prune,
     )
     trainer = GFPOTrainer(
         model=build_model(seed),
