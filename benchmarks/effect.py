@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -61,7 +62,9 @@ def load(path: Path) -> dict[tuple, dict]:
 
 
 def train(task: str, setting: str, seed: int, args: argparse.Namespace) -> dict:
-    name, mode = (None, "off") if setting == "grpo" else setting.split(":")
+    # "filter:mode" or "filter:mode:prune" (prune: auto, off, or approximate with m, e.g. approximate8).
+    name, mode, prune = (None, "off", "off") if setting == "grpo" else (setting.split(":") + ["off"])[:3]
+    prune_m = int(prune[len("approximate") :]) if prune.startswith("approximate") and prune != "approximate" else None
     result = train_variant(
         setting,
         name,
@@ -72,8 +75,41 @@ def train(task: str, setting: str, seed: int, args: argparse.Namespace) -> dict:
         mode,
         task=task,
         gfpo_loss_normalizer=args.normalizer,
+        gfpo_prune="approximate" if prune_m else prune,
+        gfpo_prune_m=prune_m,
+        eval_samples=args.eval_samples,
     )
-    return {"seconds": result["seconds"], **summary(result["history"]), "history": result["history"]}
+    evals = {key: result[key] for key in ("eval_start", "eval_end") if key in result}
+    return {"seconds": result["seconds"], **summary(result["history"]), "history": result["history"], **evals}
+
+
+def eval_table(task: str, settings: list[str], seeds: list[int], runs: dict, base: tuple) -> list[str]:
+    """Unpruned samples of the policy before and after training (``--eval-samples``), where runs have them."""
+    lines = [
+        f"**{task}**, unpruned samples before → after training:",
+        "",
+        "| setting | reward | length | ends below start |",
+        "|---|---|---|---|",
+    ]
+    for setting in settings:
+        rs = {s: runs[k] for s in seeds if (k := (task, setting, s, *base)) in runs and "eval_end" in runs[k]}
+        if not rs:
+            continue
+
+        def mean(when, key, rs=rs):
+            return sum(r[when][key] for r in rs.values()) / len(rs)
+
+        below = [
+            f"seed {s}: {r['eval_end']['reward'] - r['eval_start']['reward']:+.2f}"
+            for s, r in rs.items()
+            if r["eval_end"]["reward"] < r["eval_start"]["reward"]
+        ]
+        lines.append(
+            f"| {setting} | {mean('eval_start', 'reward'):.3f} → {mean('eval_end', 'reward'):.3f} | "
+            f"{mean('eval_start', 'length'):.1f} → {mean('eval_end', 'length'):.1f} | "
+            f"{', '.join(below) if below else 'none'} ({len(rs)} seeds) |"
+        )
+    return lines if len(lines) > 4 else []
 
 
 def spread(values: list[float]) -> str:
@@ -105,7 +141,7 @@ def table(task: str, settings: list[str], seeds: list[int], runs: dict, base: tu
             for s in rs
             if rs[s]["reward"] < rs[s]["reward_start"]
         ]
-        label = "GRPO" if setting == "grpo" else f"`{setting.split(':')[0]}` {setting.split(':')[1]}"
+        label = "GRPO" if setting == "grpo" else f"`{setting.split(':')[0]}` {' '.join(setting.split(':')[1:])}"
         lines.append(
             f"| {label} | {mean('reward_start'):.2f} → {mean('reward'):.3f} | {mean('length_start'):.1f} → "
             f"{mean('length'):.1f} | {spread(rr) if rr else ''} | {spread(lr) if lr else ''} | "
@@ -137,6 +173,13 @@ def main() -> int:
         "--normalizer", default="kept", choices=["kept", "all"], help="GFPOConfig.gfpo_loss_normalizer (default kept)"
     )
     parser.add_argument("--results", default="effect-results.jsonl", help="runs cache (JSON lines)")
+    parser.add_argument(
+        "--eval-samples",
+        type=int,
+        default=0,
+        help="also sample this many unpruned completions per prompt before and after training (reward, length): "
+        "with a pruning setting (filter:mode:prune) the batch metrics cover only the tokens written",
+    )
     parser.add_argument("--table-only", action="store_true", help="print the table from --results, train nothing")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -151,8 +194,17 @@ def main() -> int:
         if task not in TASKS:
             parser.error(f"unknown task {task!r}: choose from {', '.join(TASKS)}")
     for setting in settings:
-        if setting != "grpo" and (setting.count(":") != 1 or setting.split(":")[1] not in KEEP_SIGNAL):
-            parser.error(f"setting {setting!r}: use grpo or filter:mode with a mode of {', '.join(KEEP_SIGNAL)}")
+        parts = setting.split(":")
+        prune = parts[2] if len(parts) == 3 else "off"
+        if setting != "grpo" and (
+            len(parts) not in (2, 3)
+            or parts[1] not in KEEP_SIGNAL
+            or not (prune in ("auto", "off") or re.fullmatch(r"approximate\d*", prune))
+        ):
+            parser.error(
+                f"setting {setting!r}: use grpo, filter:mode or filter:mode:prune with a mode of "
+                f"{', '.join(KEEP_SIGNAL)} and prune auto, off, approximate or approximateM (M finished per group)"
+            )
     seeds = [int(s) for s in args.seeds.split(",")]
     # The normaliser joins the runs' key only when it is not the default, so older result files still load.
     base = (args.steps, args.lr, args.k) + (() if args.normalizer == "kept" else (args.normalizer,))
@@ -180,6 +232,9 @@ def main() -> int:
     )
     for task in tasks:
         print("\n".join(table(task, settings, seeds, runs, base)) + "\n")
+        evals = eval_table(task, settings, seeds, runs, base)
+        if evals:
+            print("\n".join(evals) + "\n")
     print(f"{len(todo)} runs trained in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return 0
 

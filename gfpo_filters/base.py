@@ -70,6 +70,17 @@ class GroupFilter:
         """Boolean mask of the kept completions: top ``k`` (int or one per group) by score."""
         return topk_mask(self.score_groups(groups), k)
 
+    # ------------------------------------------------------------------ pruning during generation
+    def pruning_rule(self) -> Any:
+        """The rule naming running completions this filter can no longer keep (:mod:`gfpo_filters.pruning`), or None.
+
+        None (the default) means no pruning: the filter needs whole groups. A filter whose score of a
+        completion depends only on that completion can return an exact
+        :class:`~gfpo_filters.pruning.ScoreBound`; the conformance check ``pruning`` replays generation on
+        random groups and fails if an exact rule ever stops a completion the unpruned selection keeps.
+        """
+        return None
+
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs to score as an uninterrupted one would, JSON-serialisable; ``{}`` if nothing.

@@ -746,6 +746,74 @@ def _check_state(subject: Subject, seed: int) -> None:
         )
 
 
+#: Reward kinds the pruning check draws (each then capped at 1: a rule may assume rewards at most 1, the largest
+#: bound a registered example declares, e.g. ``token_efficiency(reward_bound=1)``).
+_PRUNING_KINDS = ("binary", "continuous", "tied", "negative", "small")
+
+
+@_check(
+    "pruning",
+    "an exact pruning rule never stops a completion that the unpruned selection keeps (batched generation replayed on "
+    "random groups, rewards at most 1; the kept rows and advantages must not change)",
+)
+def _check_pruning(subject: Subject, seed: int) -> None:
+    from gfpo_filters.pruning import APPROXIMATE, EXACT, PruneRule, simulate
+    from gfpo_filters.step import select
+
+    f = subject.make()
+    try:
+        rule = f.pruning_rule()
+    except Exception as e:  # noqa: BLE001
+        raise _Broken(f"pruning_rule() {_crash(e)}") from None
+    if rule is None:
+        return
+    if not isinstance(rule, PruneRule) or rule.exactness not in (EXACT, APPROXIMATE):
+        raise _Broken(
+            f"pruning_rule() returned {rule!r}: expected None or a gfpo_filters.pruning.PruneRule whose exactness is "
+            f"{EXACT!r} or {APPROXIMATE!r}"
+        )
+    if rule.exactness != EXACT:
+        return  # an approximate rule makes no claim to check; docs/pruning.md measures the built-in one
+    for i in range(12):
+        kind = _PRUNING_KINDS[i % len(_PRUNING_KINDS)]
+        case = generate_case(
+            seed + i, n_groups=6, group_size=8, rewards=kind, extra="nested", per_group_k=True, max_words=12
+        )
+        # Every completion has at least one token (its end-of-sequence token), and rewards are at most 1.
+        ids = [[c or [0] for c in grp] for grp in case.ids]
+        case = case.with_(rewards=np.minimum(case.rewards, 1.0), ids=ids)
+        lengths = np.array([[len(c) for c in grp] for grp in case.ids], dtype=np.int64)
+        k = np.array(case.k, dtype=np.int64)
+        try:
+            full = np.array(_call(subject.make(), case), dtype=np.float64)
+            # Half the cases in lockstep (batched decoding), half with rows starting at random steps (an engine
+            # that admits requests over time), so that running rows of one group have written different lengths.
+            start = None if i % 2 == 0 else np.random.default_rng(seed + i).integers(0, 8, lengths.shape)
+            sim = simulate(rule, lengths, case.rewards, k, start=start)
+        except Exception as e:  # noqa: BLE001
+            raise _Broken(_crash(e), case) from None
+        before = select(full, case.rewards, k)
+        wrong = sim.pruned & before.kept
+        # The pruned run: stopped rows keep the tokens they wrote and get no reward.
+        cut = sim.pruned_lengths
+        ids = [[c[: cut[g, j]] for j, c in enumerate(grp)] for g, grp in enumerate(case.ids)]
+        texts = [[" ".join(t.split()[: cut[g, j]]) for j, t in enumerate(grp)] for g, grp in enumerate(case.texts)]
+        pruned_case = case.with_(ids=ids, texts=texts, rewards=np.where(sim.pruned, np.nan, case.rewards))
+        try:
+            after = select(np.array(_call(subject.make(), pruned_case), dtype=np.float64), pruned_case.rewards, k)
+        except Exception as e:  # noqa: BLE001
+            raise _Broken(_crash(e), pruned_case) from None
+        changed = (after.kept != before.kept).any(axis=1) | ~np.isclose(after.advantages, before.advantages).all(axis=1)
+        if wrong.any() or changed.any():
+            g = int(np.argmax(wrong.any(axis=1) | changed))
+            raise _Broken(
+                f"rule {rule!r} (exact) stopped completions {np.flatnonzero(sim.pruned[g]).tolist()} of group {g} "
+                f"(lengths {lengths[g].tolist()}, k={int(k[g])}); the unpruned selection keeps "
+                f"{np.flatnonzero(before.kept[g]).tolist()}, the pruned one {np.flatnonzero(after.kept[g]).tolist()}",
+                case,
+            )
+
+
 SPEED_LOG: list[dict[str, Any]] = []  # every speed measurement of this process (the pytest plugin prints it)
 
 

@@ -48,6 +48,7 @@ REQUIRED_PARAMS = {
 EXTRA_PARAMS = [
     ("reward", {"threshold": 0.5}),
     ("random", {"seed": 7}),
+    ("token_efficiency", {"reward_bound": 1.0}),
     ("weighted", {"filters": ["random", "length"], "normalize": "zscore"}),
 ]
 
@@ -193,6 +194,26 @@ class ForgetsItsGenerator(_Base):
         return self._rng.random(groups.shape)
 
 
+class EagerPruning(_Base):
+    """Keeps the shortest (score -length), and claims an exact pruning rule that assumes a running completion writes
+    at least two more tokens: it may write only its end-of-sequence token, and then beat a finished one."""
+
+    def score(self, groups):
+        return -groups.get_lengths().astype(float)
+
+    def pruning_rule(self):
+        from gfpo_filters.pruning import ScoreBound
+
+        class TwoMore(ScoreBound):
+            def finished_scores(self, lengths, rewards):
+                return -lengths
+
+            def running_bounds(self, lengths):
+                return -(lengths + 2.0)
+
+        return TwoMore()
+
+
 class MissingLast(_Base):
     """Correct filter used to show a check passes: ranks by reward."""
 
@@ -218,6 +239,7 @@ BROKEN = [
     (SortsRewardsInPlace, "no_mutation", "argument group_rewards was modified"),
     (ForgetsItsGenerator, "state", "a fresh instance scores group 0 as"),
     (SmallBatchesOnly, "speed", "MemoryError: pretend the batch does not fit"),
+    (EagerPruning, "pruning", "(exact) stopped completions"),
 ]
 
 
@@ -284,10 +306,10 @@ def test_check_filter_lists_every_failure_and_report_on_success():
     message = str(info.value)
     # Empty strings are in the inputs of empty_strings, and of no_mutation (which then reports the crash).
     assert info.value.check == "empty_strings,no_mutation"
-    assert message.startswith("2 of 13 conformance checks failed for broken():")
+    assert message.startswith("2 of 14 conformance checks failed for broken():")
     assert "breaks 'empty_strings'" in message and "breaks 'no_mutation'" in message
     report = check_filter(_Base)
-    assert report.passed == list(CHECKS) and str(report).startswith("broken(): 13 checks passed; ")
+    assert report.passed == list(CHECKS) and str(report).startswith("broken(): 14 checks passed; ")
 
 
 def test_subjects_names_classes_and_instances():

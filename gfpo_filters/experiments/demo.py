@@ -68,8 +68,17 @@ def train_variant(
     keep_signal: bool | str = False,
     task: str = "x",
     gfpo_loss_normalizer: str = "kept",
+    gfpo_prune: str = "off",
+    gfpo_prune_m: int | None = None,
+    eval_samples: int = 0,
 ) -> dict[str, Any]:
-    """Train one variant on a task of :data:`gfpo_filters.experiments.toy.TASKS`; return its history (a worker)."""
+    """Train one variant on a task of :data:`gfpo_filters.experiments.toy.TASKS`; return its history (a worker).
+
+    ``gfpo_prune`` is off by default here: the history's length and reward are TRL's batch metrics, which with
+    pruning cover the tokens written (pruned completions are cut short), not the policy's full completions.
+    ``eval_samples`` > 0 adds ``eval_start`` and ``eval_end``: mean reward and length of that many unpruned samples
+    per training prompt, before and after training (:func:`sample_policy`), which pruning does not bias.
+    """
     from gfpo_filters.experiments.toy import TASKS
 
     if task not in TASKS:
@@ -111,6 +120,8 @@ def train_variant(
         bf16=False,
         keep_signal=keep_signal,
         gfpo_loss_normalizer=gfpo_loss_normalizer,
+        gfpo_prune=gfpo_prune,
+        gfpo_prune_m=gfpo_prune_m,
     )
     trainer = GFPOTrainer(
         model=build_model(seed),
@@ -121,8 +132,14 @@ def train_variant(
         group_filter_func=filter_name,
     )
     trainer.remove_callback(PrinterCallback)  # the parent prints one table instead
+    evals = {}
+    if eval_samples:
+        evals["eval_start"] = sample_policy(trainer.model, trainer.processing_class, task, eval_samples, seed)
     start = time.perf_counter()
     trainer.train()
+    seconds = time.perf_counter() - start
+    if eval_samples:
+        evals["eval_end"] = sample_policy(trainer.model, trainer.processing_class, task, eval_samples, seed)
     history = [
         {
             "step": h["step"],
@@ -143,9 +160,33 @@ def train_variant(
         "k": k,
         "keep_signal": args.keep_signal,
         "task": task,
-        "seconds": time.perf_counter() - start,
+        "seconds": seconds,
         "history": history,
+        **evals,
     }
+
+
+def sample_policy(model: Any, tokenizer: Any, task: str, samples: int, seed: int, n_prompts: int = 64) -> dict:
+    """Mean reward and length of ``samples`` completions per prompt of the training set, sampled at temperature 1
+    with transformers ``generate`` (48 new tokens, no pruning), scored with the task's reward function."""
+    import torch
+
+    from gfpo_filters.experiments.toy import TASKS, build_dataset
+
+    prompts = [p for p in build_dataset(n_prompts, seed)["prompt"] for _ in range(samples)]
+    was_training = model.training
+    model.eval()
+    torch.manual_seed(seed + 12345)
+    inputs = tokenizer(prompts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = model.generate(**inputs, do_sample=True, temperature=1.0, top_k=0, max_new_tokens=48)
+    model.train(was_training)
+    completions = out[:, inputs["input_ids"].shape[1] :]
+    texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
+    eos = model.generation_config.eos_token_id
+    lengths = [int((row == eos).nonzero()[0]) + 1 if (row == eos).any() else row.numel() for row in completions]
+    rewards = TASKS[task][0](completions=texts, prompts=prompts)
+    return {"reward": sum(rewards) / len(rewards), "length": sum(lengths) / len(lengths)}
 
 
 def train_smollm2_variant(label: str, arm: str, steps: int, seed: int, lr: float, device: str) -> dict[str, Any]:

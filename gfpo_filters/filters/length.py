@@ -14,6 +14,8 @@ import numpy as np
 from gfpo_filters.base import GroupFilter
 from gfpo_filters.groups import Groups
 from gfpo_filters.hookspecs import hookimpl
+from gfpo_filters.params import check_number
+from gfpo_filters.pruning import EfficiencyBound, ShortestK
 from gfpo_filters.selection import dense_rank
 
 
@@ -43,6 +45,10 @@ class LengthFilter(_LengthBased):
     def score(self, groups: Groups) -> np.ndarray:
         return -self.lengths(groups).astype(np.float64)
 
+    def pruning_rule(self) -> ShortestK:
+        """Exact: once k completions of a group have finished shorter than a running one can end, it is stopped."""
+        return ShortestK()
+
 
 class TokenEfficiencyFilter(_LengthBased):
     """Keep the most reward per token: ``score = R / max(L, 1)`` for ``R > 0`` (the paper's metric).
@@ -58,9 +64,27 @@ class TokenEfficiencyFilter(_LengthBased):
     description = "Keep the highest reward per token, R/|o| (GFPO paper); R <= 0 ranks below, by reward then longer."
     _empty_note = "they count as 1 token for reward/length"
 
+    def __init__(self, tokenizer: Any = None, reward_bound: float | None = None) -> None:
+        super().__init__(tokenizer)
+        self.reward_bound = check_number(self, "reward_bound", reward_bound, optional=True)
+
+    def pruning_rule(self) -> EfficiencyBound | None:
+        """Exact with ``reward_bound`` (every reward at most it): a running completion of length L scores at most
+        ``reward_bound / (L + 1)``. Without a bound, None (no pruning)."""
+        return None if self.reward_bound is None else EfficiencyBound(self.reward_bound)
+
     def score(self, groups: Groups) -> np.ndarray:
         lengths = self.lengths(groups).astype(np.float64)
         r = groups.rewards
+        if self.reward_bound is not None:
+            above = groups.valid & (np.where(groups.valid, r, -np.inf) > self.reward_bound)
+            if above.any():
+                i, j = map(int, np.argwhere(above)[0])
+                self.warn(
+                    f"reward {r[i, j]} of group {i}, completion {j} exceeds the declared reward_bound="
+                    f"{self.reward_bound} ({int(above.sum())} such reward(s)): pruning with this bound is not "
+                    "exact and may have stopped a completion that would be kept; declare the largest reward given"
+                )
         positive = r > 0
         efficiency = np.where(positive, r, 0.0) / np.maximum(lengths, 1.0)
         if positive.all():

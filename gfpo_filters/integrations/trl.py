@@ -63,6 +63,8 @@ from trl.trainer.utils import (
 from gfpo_filters.adaptive import AdaptiveK
 from gfpo_filters.base import GroupFilter
 from gfpo_filters.errors import FilterStateError, GFPOStepWarning
+from gfpo_filters.integrations.trl_pruning import PruningMixin
+from gfpo_filters.pruning import MODES as PRUNE_MODES
 from gfpo_filters.selection import normalize_then_sum
 from gfpo_filters.step import (
     accepted_kwargs,
@@ -150,8 +152,24 @@ class GFPOConfig(GRPOConfig):
         },
     )
 
+    gfpo_prune: str = field(
+        default="auto",
+        metadata={
+            "help": "Stop generating completions that can no longer be kept (docs/pruning.md): 'auto' (where exact: "
+            "the length filter with keep_signal off, on the transformers generate and continuous batching paths), "
+            "'exact' (as auto, an error where not exact), 'approximate' (stop a group's rest once "
+            "max(gfpo_prune_m, k) have finished) or 'off'."
+        },
+    )
+    gfpo_prune_m: int | None = field(
+        default=None,
+        metadata={"help": "gfpo_prune='approximate': completions per group to finish before the rest stop (>= k)."},
+    )
+
     def __post_init__(self):
         super().__post_init__()
+        if self.gfpo_prune not in PRUNE_MODES:
+            raise ValueError(f"gfpo_prune must be one of {PRUNE_MODES}, got {self.gfpo_prune!r}")
         self.keep_signal = keep_signal_mode(self.keep_signal)  # a mode name; an unknown one fails here
         if self.keep_signal == "group_baseline" and self.multi_objective_aggregation == "normalize_then_sum":
             raise ValueError(
@@ -359,7 +377,7 @@ def micro_batch_plan(counts: Any, steps_per_generation: int) -> MicroBatchPlan:
     return MicroBatchPlan(sizes, real, int(counts.sum()))
 
 
-class GFPOTrainer(GRPOTrainer):
+class GFPOTrainer(PruningMixin, GRPOTrainer):
     """GRPOTrainer that trains on the top ``num_remains_in_group`` completions of each group.
 
     ``group_filter_func`` is a registered filter name (``"token_efficiency"``), a filter from
