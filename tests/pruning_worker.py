@@ -8,6 +8,7 @@ OUT_DIR/PRUNE-rank{N}.json the rows it trained (text, advantage), the rows its r
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -64,4 +65,15 @@ def main(out_dir: str, prune: str) -> None:
 
 
 if __name__ == "__main__":
+    import torch
+
+    torch.set_num_threads(1)
     main(sys.argv[1], sys.argv[2])
+    # As in distributed_worker.py: the work is written; leave without the interpreter's shutdown, where torch's C++
+    # destructors sometimes abort a process under load ("terminate called without an active exception").
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

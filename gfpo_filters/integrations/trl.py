@@ -156,7 +156,7 @@ class GFPOConfig(GRPOConfig):
         default="auto",
         metadata={
             "help": "Stop generating completions that can no longer be kept (docs/pruning.md): 'auto' (where exact: "
-            "the length filter with keep_signal off, on the transformers generate and continuous batching paths), "
+            "the length filter with keep_signal off, on the generate, continuous batching and vLLM colocate paths), "
             "'exact' (as auto, an error where not exact), 'approximate' (stop a group's rest once "
             "max(gfpo_prune_m, k) have finished) or 'off'."
         },
