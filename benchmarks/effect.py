@@ -28,24 +28,36 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gfpo_filters.experiments.demo import train_variant  # noqa: E402
+from gfpo_filters.experiments.demo import LENGTH_REWARDS, train_variant  # noqa: E402
 from gfpo_filters.experiments.toy import TASKS  # noqa: E402
 from gfpo_filters.step import KEEP_SIGNAL  # noqa: E402
 
-#: Settings: "grpo", or "filter:keep_signal mode". ``swap_long`` is left out: with ``token_efficiency`` on 0/1 rewards
+#: Settings: "grpo", or "filter:keep_signal mode" (G = 16, k = ``-k``), optionally "+kimi" or "+overlong" (a length
+#: control added to the reward, ``demo.LENGTH_REWARDS``); or a GRPO baseline at its own G, "BASELINE@G" with BASELINE
+#: one of :data:`BASELINES` (e.g. "grpo@8", "kimi@8": GRPO at G = 8 on as many trained rows as GFPO 8 of 16).
+#: ``swap_long`` is left out: with ``token_efficiency`` on 0/1 rewards
 #: it keeps exactly what ``swap`` keeps (docs/keep_signal.md), so its runs are ``swap``'s.
 SETTINGS = ["grpo", "length:off", "token_efficiency:off"] + [
     f"token_efficiency:{m}" for m in KEEP_SIGNAL if m not in ("off", "swap_long")
 ]
+#: GRPO baselines at their own G: name -> (length_reward, loss_type)
+BASELINES = {
+    "grpo": (None, None),
+    "kimi": ("kimi", None),  # Kimi k1.5's group-relative length reward, scale 0.5
+    "overlong": ("overlong", None),  # DAPO's soft overlong punishment, cap 48, cache 12
+    "dr_grpo": (None, "dr_grpo"),  # Dr. GRPO: loss_type="dr_grpo", scale_rewards="none"
+}
 LAST = 5  # logs averaged for "end" (5 x 10 steps)
 
 
 def summary(history: list[dict]) -> dict[str, float]:
+    """Start and end reward (the task reward, without a length control's term) and length."""
     end = history[-LAST:]
+    task = lambda h: h.get("task_reward", h["reward"])  # noqa: E731
     return {
-        "reward_start": history[0]["reward"],
+        "reward_start": task(history[0]),
         "length_start": history[0]["length"],
-        "reward": sum(h["reward"] for h in end) / len(end),
+        "reward": sum(task(h) for h in end) / len(end),
         "length": sum(h["length"] for h in end) / len(end),
     }
 
@@ -60,18 +72,46 @@ def load(path: Path) -> dict[tuple, dict]:
     return runs
 
 
+def parse(setting: str) -> dict:
+    """A setting's train_variant arguments: filter, k, keep_signal mode, G, length_reward, loss_type (k = None: -k)."""
+    if "@" in setting:
+        name, g = setting.split("@")
+        if name not in BASELINES or not g.isdigit() or int(g) < 2:
+            raise ValueError(f"setting {setting!r}: use BASELINE@G with BASELINE one of {', '.join(BASELINES)}")
+        return {
+            "filter": None,
+            "mode": "off",
+            "G": int(g),
+            "length_reward": BASELINES[name][0],
+            "loss_type": BASELINES[name][1],
+        }
+    if setting == "grpo":
+        return {"filter": None, "mode": "off", "G": 16, "length_reward": None, "loss_type": None}
+    core, _, extra = setting.partition("+")
+    if core.count(":") != 1 or core.split(":")[1] not in KEEP_SIGNAL or (extra and extra not in LENGTH_REWARDS):
+        raise ValueError(
+            f"setting {setting!r}: use grpo, BASELINE@G, or filter:mode[+kimi|+overlong] with a mode of "
+            f"{', '.join(KEEP_SIGNAL)}"
+        )
+    name, mode = core.split(":")
+    return {"filter": name, "mode": mode, "G": 16, "length_reward": extra or None, "loss_type": None}
+
+
 def train(task: str, setting: str, seed: int, args: argparse.Namespace) -> dict:
-    name, mode = (None, "off") if setting == "grpo" else setting.split(":")
+    p = parse(setting)
     result = train_variant(
         setting,
-        name,
-        None if name is None else args.k,
+        p["filter"],
+        None if p["filter"] is None else args.k,
         args.steps,
         seed,
         args.lr,
-        mode,
+        p["mode"],
         task=task,
         gfpo_loss_normalizer=args.normalizer,
+        num_generations=p["G"],
+        length_reward=p["length_reward"],
+        loss_type=p["loss_type"],
     )
     return {"seconds": result["seconds"], **summary(result["history"]), "history": result["history"]}
 
@@ -81,14 +121,17 @@ def spread(values: list[float]) -> str:
     return f"{mean:.2f} ({min(values):.2f}-{max(values):.2f})" if len(values) > 1 else f"{mean:.2f}"
 
 
-def table(task: str, settings: list[str], seeds: list[int], runs: dict, base: tuple) -> list[str]:
+def table(
+    task: str, settings: list[str], seeds: list[int], runs: dict, base: tuple, reference: str = "grpo"
+) -> list[str]:
     lines = [
         f"**{task}**: {TASKS[task][1]}",
         "",
-        "| setting | reward start → end | length start → end | reward / GRPO | length / GRPO | ends below start |",
+        f"| setting | reward start → end | length start → end | reward / {reference} | length / {reference} | "
+        "ends below start |",
         "|---|---|---|---|---|---|",
     ]
-    grpo = {s: runs.get((task, "grpo", s, *base)) for s in seeds}
+    grpo = {s: runs.get((task, reference, s, *base)) for s in seeds}
     for setting in settings:
         rs = {s: runs[(task, setting, s, *base)] for s in seeds if (task, setting, s, *base) in runs}
         if not rs:
@@ -105,7 +148,13 @@ def table(task: str, settings: list[str], seeds: list[int], runs: dict, base: tu
             for s in rs
             if rs[s]["reward"] < rs[s]["reward_start"]
         ]
-        label = "GRPO" if setting == "grpo" else f"`{setting.split(':')[0]}` {setting.split(':')[1]}"
+        label = (
+            "GRPO"
+            if setting == "grpo"
+            else f"`{setting}`"
+            if "@" in setting or "+" in setting
+            else f"`{setting.split(':')[0]}` {setting.split(':')[1]}"
+        )
         lines.append(
             f"| {label} | {mean('reward_start'):.2f} → {mean('reward'):.3f} | {mean('length_start'):.1f} → "
             f"{mean('length'):.1f} | {spread(rr) if rr else ''} | {spread(lr) if lr else ''} | "
@@ -138,6 +187,7 @@ def main() -> int:
     )
     parser.add_argument("--results", default="effect-results.jsonl", help="runs cache (JSON lines)")
     parser.add_argument("--table-only", action="store_true", help="print the table from --results, train nothing")
+    parser.add_argument("--reference", default="grpo", help="the setting ratios are taken to (default grpo; grpo@8)")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -150,9 +200,11 @@ def main() -> int:
     for task in tasks:
         if task not in TASKS:
             parser.error(f"unknown task {task!r}: choose from {', '.join(TASKS)}")
-    for setting in settings:
-        if setting != "grpo" and (setting.count(":") != 1 or setting.split(":")[1] not in KEEP_SIGNAL):
-            parser.error(f"setting {setting!r}: use grpo or filter:mode with a mode of {', '.join(KEEP_SIGNAL)}")
+    for setting in [*settings, args.reference]:
+        try:
+            parse(setting)
+        except ValueError as err:
+            parser.error(str(err))
     seeds = [int(s) for s in args.seeds.split(",")]
     # The normaliser joins the runs' key only when it is not the default, so older result files still load.
     base = (args.steps, args.lr, args.k) + (() if args.normalizer == "kept" else (args.normalizer,))
@@ -179,7 +231,7 @@ def main() -> int:
         "end = mean of the last 50 steps\n"
     )
     for task in tasks:
-        print("\n".join(table(task, settings, seeds, runs, base)) + "\n")
+        print("\n".join(table(task, settings, seeds, runs, base, args.reference)) + "\n")
     print(f"{len(todo)} runs trained in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return 0
 

@@ -68,12 +68,21 @@ def train_variant(
     keep_signal: bool | str = False,
     task: str = "x",
     gfpo_loss_normalizer: str = "kept",
+    num_generations: int = 16,
+    length_reward: str | None = None,
+    loss_type: str | None = None,
 ) -> dict[str, Any]:
-    """Train one variant on a task of :data:`gfpo_filters.experiments.toy.TASKS`; return its history (a worker)."""
+    """Train one variant on a task of :data:`gfpo_filters.experiments.toy.TASKS`; return its history (a worker).
+
+    ``num_generations`` is G (G' for a filter; 2 prompts per step either way). ``length_reward`` adds a length
+    control to the task reward (:func:`length_controlled_reward`: ``"kimi"`` or ``"overlong"``); ``loss_type``
+    (e.g. ``"dr_grpo"``, which also turns off the std scaling of rewards, as Dr. GRPO does) replaces TRL's default.
+    """
     from gfpo_filters.experiments.toy import TASKS
 
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}: choose one of {sorted(TASKS)}")
+    reward = length_controlled_reward(TASKS[task][0], length_reward, num_generations, 48)
     import logging
     import warnings
 
@@ -95,8 +104,8 @@ def train_variant(
 
     args = GFPOConfig(
         output_dir=tempfile.mkdtemp(prefix="gfpo-demo-"),  # nothing is saved there (save_strategy="no")
-        per_device_train_batch_size=32,  # 2 prompts x 16 completions per step
-        num_generations=16,
+        per_device_train_batch_size=2 * num_generations,  # 2 prompts x G completions per step
+        num_generations=num_generations,
         num_remains_in_group=k,
         max_completion_length=48,
         learning_rate=lr,
@@ -111,10 +120,12 @@ def train_variant(
         bf16=False,
         keep_signal=keep_signal,
         gfpo_loss_normalizer=gfpo_loss_normalizer,
+        **({} if loss_type is None else {"loss_type": loss_type}),
+        **({"scale_rewards": "none"} if loss_type == "dr_grpo" else {}),
     )
     trainer = GFPOTrainer(
         model=build_model(seed),
-        reward_funcs=TASKS[task][0],
+        reward_funcs=reward,
         args=args,
         train_dataset=build_dataset(64, seed),
         processing_class=build_tokenizer(),
@@ -128,6 +139,8 @@ def train_variant(
             "step": h["step"],
             "length": h["completions/mean_length"],
             "reward": h["reward"],
+            # the task reward alone: TRL's "reward" is the shaped sum when a length control is added
+            "task_reward": h.get("length_control/task_reward", h["reward"]),
             "kept_length": h.get("gfpo/kept_length_mean"),
             "kept_zero_std": h.get("gfpo/frac_kept_zero_std"),
             "kept_zero_std_before": h.get("gfpo/frac_kept_zero_std_before"),
@@ -143,9 +156,32 @@ def train_variant(
         "k": k,
         "keep_signal": args.keep_signal,
         "task": task,
+        "num_generations": num_generations,
+        "length_reward": length_reward,
+        "loss_type": args.loss_type,
         "seconds": time.perf_counter() - start,
         "history": history,
     }
+
+
+#: Length controls a GRPO user picks instead of GFPO (``length_reward=`` of :func:`train_variant` and of
+#: :class:`gfpo_filters.experiments.smollm2.Arm`): Kimi k1.5's group-relative length reward and DAPO's soft overlong
+#: punishment (cache = a quarter of the cap), both added to the task reward (:mod:`gfpo_filters.rewards`).
+LENGTH_REWARDS = ("kimi", "overlong")
+
+
+def length_controlled_reward(task_reward: Any, length_reward: str | None, num_generations: int, max_length: int):
+    """``task_reward`` as is (None), plus Kimi k1.5's length reward (``"kimi"``, scale 0.5, among the group), or plus
+    DAPO's soft overlong punishment (``"overlong"``, cap ``max_length``, cache ``max_length // 4``)."""
+    from gfpo_filters.rewards import length_penalty, overlong_punishment
+
+    if length_reward is None:
+        return task_reward
+    if length_reward == "kimi":
+        return length_penalty(task_reward, num_generations)
+    if length_reward == "overlong":
+        return overlong_punishment(task_reward, max_length, max_length // 4)
+    raise ValueError(f"unknown length_reward {length_reward!r}: choose one of {', '.join(LENGTH_REWARDS)} or None")
 
 
 def train_smollm2_variant(label: str, arm: str, steps: int, seed: int, lr: float, device: str) -> dict[str, Any]:
