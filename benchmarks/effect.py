@@ -173,6 +173,38 @@ def table(
     return lines
 
 
+def plot_frontier(tasks: list[str], settings: list[str], seeds: list[int], runs: dict, base: tuple, path: Path) -> None:
+    """End reward against end length, one point per setting and seed, a panel per task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4.2), squeeze=False)
+    colors = plt.get_cmap("tab10").colors
+    for ax, task in zip(axes[0], tasks):
+        for i, setting in enumerate(settings):
+            pts = [runs[key] for s in seeds if (key := (task, setting, s, *base)) in runs]
+            if pts:
+                ax.scatter(
+                    [r["length"] for r in pts],
+                    [r["reward"] for r in pts],
+                    color=colors[i % 10],
+                    marker="osD^vP*Xh<>"[i % 11],
+                    s=50,
+                    label=setting,
+                    alpha=0.85,
+                )
+        ax.set(title=task, xlabel="end length (tokens)", ylabel="end task reward")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(f"Toy tasks, {base[0]} steps, GFPO k = {base[2]} of 16, baselines at their own G; one point per seed")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"toy tasks (default {','.join(TASKS)})")
@@ -187,6 +219,7 @@ def main() -> int:
     )
     parser.add_argument("--results", default="effect-results.jsonl", help="runs cache (JSON lines)")
     parser.add_argument("--table-only", action="store_true", help="print the table from --results, train nothing")
+    parser.add_argument("--frontier", metavar="PNG", help="draw end reward against end length, a point per seed")
     parser.add_argument("--reference", default="grpo", help="the setting ratios are taken to (default grpo; grpo@8)")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -232,6 +265,9 @@ def main() -> int:
     )
     for task in tasks:
         print("\n".join(table(task, settings, seeds, runs, base, args.reference)) + "\n")
+    if args.frontier:
+        plot_frontier(tasks, settings, seeds, runs, base, Path(args.frontier))
+        print(f"wrote {args.frontier}")
     print(f"{len(todo)} runs trained in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return 0
 

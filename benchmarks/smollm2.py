@@ -15,6 +15,13 @@ time of every step) and the held-out evaluation, greedy (200 answers) and sample
 (``--samples`` per prompt). ``--report`` reads them all and prints the tables of docs/smollm2.md and draws the
 training curves (``--plot``).
 
+The paper's regime (issue 22, docs/length_baselines.md): arms that all train on 8 rows per prompt, GRPO at G = 8
+alone (``grpo``) and with a length control (``grpo_kimi``, ``grpo_overlong``, ``dr_grpo``), and GFPO sampling 16 and
+keeping 8 (``length_8of16``, ``token_efficiency_8of16``, ``recommended_8of16`` = token_efficiency with
+keep_signal="typical", ``recommended_8of16_kimi`` = the same on the Kimi-shaped reward). ``--also-reward sole_sum
+correct_sum`` scores the same held-out answers with more checkers; ``--report`` then adds a table of every such arm
+and ``--frontier PNG`` plots accuracy against length, one point per arm and seed.
+
     OMP_NUM_THREADS=1 python benchmarks/smollm2.py --arms base
     OMP_NUM_THREADS=1 python benchmarks/smollm2.py --arms grpo --seeds 0 --steps 24
     OMP_NUM_THREADS=1 python benchmarks/smollm2.py --report --plot docs/img/smollm2.png
