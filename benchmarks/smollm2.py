@@ -316,17 +316,20 @@ def plot_frontier(out: Path, path: Path) -> None:
         for col, mode in enumerate(("greedy", "sampled")):
             ax = axes[row][col]
             for arm in arms:
-                xs = [r[mode]["mean_length"] for r in runs[arm].values()]
-                ys = [checkers(r, mode)[n]["accuracy"] for r in runs[arm].values()]
+                seeds = sorted(runs[arm])
+                xs = [runs[arm][sd][mode]["mean_length"] for sd in seeds]
+                ys = [checkers(runs[arm][sd], mode)[n]["accuracy"] for sd in seeds]
                 ax.scatter(xs, ys, marker=markers[arm], color=colors[arm], s=55, label=arm, alpha=0.85)
+                for sd, x, y in zip(seeds, xs, ys):
+                    ax.annotate(f"s{sd}", (x, y), fontsize=6, xytext=(4, -3), textcoords="offset points")
             ax.set(xlabel="mean length (tokens)", ylabel=f"accuracy ({n})", title=f"{mode}, checker {n}")
             ax.grid(alpha=0.3)
     axes[0][1].legend(fontsize=7, loc="lower right")
     r0 = first
     fig.suptitle(
-        f"SmolLM2-135M-Instruct, additions, trained on {r0['reward']}: 8 trained rows per prompt, "
+        f"SmolLM2-135M-Instruct, additions, trained on {r0['reward']}: 8 trained rows per prompt,\n"
         f"{r0['steps']} steps of {r0['prompts_per_step']} prompt(s), cap {r0['max_completion_length']} tokens; "
-        "one point per arm and seed"
+        "one point per arm and seed (s0, s1: the seed)"
     )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
