@@ -253,7 +253,7 @@ def checkers(r: dict, mode: str) -> dict[str, dict]:
     return {r.get("reward", "correct_sum"): e, **e.get("also", {})}
 
 
-def frontier_report(out: Path) -> str:
+def frontier_report(out: Path, only_seeds: list[int] | None = None) -> str:
     """The paper's-regime table: every arm of :data:`FRONTIER_ARMS` in ``out``, pooled over the seeds it has.
 
     Accuracy under every checker the evaluation scored, pooled over all answers with a Wilson interval; mean length;
@@ -262,6 +262,8 @@ def frontier_report(out: Path) -> str:
     from gfpo_filters.experiments.smollm2 import wilson
 
     runs = load(out)
+    if only_seeds is not None:
+        runs = {a: {s: r for s, r in rs.items() if s in only_seeds or a == "base"} for a, rs in runs.items()}
     arms = [a for a in FRONTIER_ARMS if runs.get(a)]
     if len(arms) < 2 or "grpo" not in arms:
         return ""
@@ -403,6 +405,9 @@ def main() -> int:
         help="more checkers scored on the same held-out answers (e.g. sole_sum: no other candidate answer written)",
     )
     parser.add_argument(
+        "--report-seeds", nargs="+", type=int, default=None, help="with --report: the paper's-regime table over these"
+    )
+    parser.add_argument(
         "--frontier", metavar="PNG", help="with --report: draw the accuracy/length frontier (one point per arm, seed)"
     )
     parser.add_argument("--keep-signal", default=None, help="keep_signal mode of the recommended arm")
@@ -420,7 +425,7 @@ def main() -> int:
     out = Path(args.out)
     if args.report:
         print(report(out))
-        print(frontier_report(out))
+        print(frontier_report(out, args.report_seeds))
         if args.frontier:
             plot_frontier(out, Path(args.frontier))
             print(f"wrote {args.frontier}")
