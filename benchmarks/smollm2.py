@@ -297,6 +297,18 @@ def frontier_report(out: Path, only_seeds: list[int] | None = None) -> str:
             f"{mean([mean([x.get('task_reward', x['reward']) for x in rs[s]['history'][-5:]]) for s in seeds]):.2f}"
         )
         lines.append("| " + " | ".join(cells) + " |")
+    # per seed: accuracy under each checker (greedy / sampled), length, training CPU time and last task rewards
+    lines += ["", "Per seed: accuracy greedy / sampled under each checker, mean length greedy / sampled.", ""]
+    head = ["arm", "seed", *names, "length", "train s/step CPU", "train task reward last 5"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arm in arms:
+        for seed, r in sorted(runs[arm].items()):
+            g, sm = checkers(r, "greedy"), checkers(r, "sampled")
+            cells = [arm, str(seed)] + [f"{g[n]['accuracy']:.3f} / {sm[n]['accuracy']:.3f}" for n in names]
+            cells.append(f"{r['greedy']['mean_length']:.1f} / {r['sampled']['mean_length']:.1f}")
+            cells.append(f"{step_times(r, 'cpu_')[0]:.1f}")
+            cells.append(f"{mean([x.get('task_reward', x['reward']) for x in r['history'][-5:]]):.2f}")
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
