@@ -29,24 +29,36 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gfpo_filters.experiments.demo import train_variant  # noqa: E402
+from gfpo_filters.experiments.demo import LENGTH_REWARDS, train_variant  # noqa: E402
 from gfpo_filters.experiments.toy import TASKS  # noqa: E402
 from gfpo_filters.step import KEEP_SIGNAL  # noqa: E402
 
-#: Settings: "grpo", or "filter:keep_signal mode". ``swap_long`` is left out: with ``token_efficiency`` on 0/1 rewards
+#: Settings: "grpo", or "filter:keep_signal mode" (G = 16, k = ``-k``), optionally "+kimi" or "+overlong" (a length
+#: control added to the reward, ``demo.LENGTH_REWARDS``); or a GRPO baseline at its own G, "BASELINE@G" with BASELINE
+#: one of :data:`BASELINES` (e.g. "grpo@8", "kimi@8": GRPO at G = 8 on as many trained rows as GFPO 8 of 16).
+#: ``swap_long`` is left out: with ``token_efficiency`` on 0/1 rewards
 #: it keeps exactly what ``swap`` keeps (docs/keep_signal.md), so its runs are ``swap``'s.
 SETTINGS = ["grpo", "length:off", "token_efficiency:off"] + [
     f"token_efficiency:{m}" for m in KEEP_SIGNAL if m not in ("off", "swap_long")
 ]
+#: GRPO baselines at their own G: name -> (length_reward, loss_type)
+BASELINES = {
+    "grpo": (None, None),
+    "kimi": ("kimi", None),  # Kimi k1.5's group-relative length reward, scale 0.5
+    "overlong": ("overlong", None),  # DAPO's soft overlong punishment, cap 48, cache 12
+    "dr_grpo": (None, "dr_grpo"),  # Dr. GRPO: loss_type="dr_grpo", scale_rewards="none"
+}
 LAST = 5  # logs averaged for "end" (5 x 10 steps)
 
 
 def summary(history: list[dict]) -> dict[str, float]:
+    """Start and end reward (the task reward, without a length control's term) and length."""
     end = history[-LAST:]
+    task = lambda h: h.get("task_reward", h["reward"])  # noqa: E731
     return {
-        "reward_start": history[0]["reward"],
+        "reward_start": task(history[0]),
         "length_start": history[0]["length"],
-        "reward": sum(h["reward"] for h in end) / len(end),
+        "reward": sum(task(h) for h in end) / len(end),
         "length": sum(h["length"] for h in end) / len(end),
     }
 
@@ -61,23 +73,67 @@ def load(path: Path) -> dict[tuple, dict]:
     return runs
 
 
-def train(task: str, setting: str, seed: int, args: argparse.Namespace) -> dict:
-    # "filter:mode" or "filter:mode:prune" (prune: auto, off, or approximate with m, e.g. approximate8).
-    name, mode, prune = (None, "off", "off") if setting == "grpo" else (setting.split(":") + ["off"])[:3]
+def parse(setting: str) -> dict:
+    """A setting's train_variant arguments: filter, k, keep_signal mode, G, length_reward, loss_type (k = None: -k)."""
+    if "@" in setting:
+        name, g = setting.split("@")
+        if name not in BASELINES or not g.isdigit() or int(g) < 2:
+            raise ValueError(f"setting {setting!r}: use BASELINE@G with BASELINE one of {', '.join(BASELINES)}")
+        return {
+            "filter": None,
+            "mode": "off",
+            "G": int(g),
+            "length_reward": BASELINES[name][0],
+            "loss_type": BASELINES[name][1],
+            "prune": "off",
+            "prune_m": None,
+        }
+    if setting == "grpo":
+        return {"filter": None, "mode": "off", "G": 16, "length_reward": None, "loss_type": None, "prune": "off",
+                "prune_m": None}  # fmt: skip
+    core, _, extra = setting.partition("+")
+    parts = core.split(":")
+    prune = parts[2] if len(parts) == 3 else "off"
+    if (
+        len(parts) not in (2, 3)
+        or parts[1] not in KEEP_SIGNAL
+        or (extra and extra not in LENGTH_REWARDS)
+        or not (prune in ("auto", "off") or re.fullmatch(r"approximate\d*", prune))
+    ):
+        raise ValueError(
+            f"setting {setting!r}: use grpo, BASELINE@G, or filter:mode[:prune][+kimi|+overlong] with a mode of "
+            f"{', '.join(KEEP_SIGNAL)} and prune auto, off, approximate or approximateM (M finished per group)"
+        )
     prune_m = int(prune[len("approximate") :]) if prune.startswith("approximate") and prune != "approximate" else None
+    return {
+        "filter": parts[0],
+        "mode": parts[1],
+        "G": 16,
+        "length_reward": extra or None,
+        "loss_type": None,
+        "prune": "approximate" if prune_m else prune,
+        "prune_m": prune_m,
+    }
+
+
+def train(task: str, setting: str, seed: int, args: argparse.Namespace) -> dict:
+    p = parse(setting)
     result = train_variant(
         setting,
-        name,
-        None if name is None else args.k,
+        p["filter"],
+        None if p["filter"] is None else args.k,
         args.steps,
         seed,
         args.lr,
-        mode,
+        p["mode"],
         task=task,
         gfpo_loss_normalizer=args.normalizer,
-        gfpo_prune="approximate" if prune_m else prune,
-        gfpo_prune_m=prune_m,
+        gfpo_prune=p["prune"],
+        gfpo_prune_m=p["prune_m"],
         eval_samples=args.eval_samples,
+        num_generations=p["G"],
+        length_reward=p["length_reward"],
+        loss_type=p["loss_type"],
     )
     evals = {key: result[key] for key in ("eval_start", "eval_end") if key in result}
     return {"seconds": result["seconds"], **summary(result["history"]), "history": result["history"], **evals}
@@ -117,14 +173,17 @@ def spread(values: list[float]) -> str:
     return f"{mean:.2f} ({min(values):.2f}-{max(values):.2f})" if len(values) > 1 else f"{mean:.2f}"
 
 
-def table(task: str, settings: list[str], seeds: list[int], runs: dict, base: tuple) -> list[str]:
+def table(
+    task: str, settings: list[str], seeds: list[int], runs: dict, base: tuple, reference: str = "grpo"
+) -> list[str]:
     lines = [
         f"**{task}**: {TASKS[task][1]}",
         "",
-        "| setting | reward start → end | length start → end | reward / GRPO | length / GRPO | ends below start |",
+        f"| setting | reward start → end | length start → end | reward / {reference} | length / {reference} | "
+        "ends below start |",
         "|---|---|---|---|---|---|",
     ]
-    grpo = {s: runs.get((task, "grpo", s, *base)) for s in seeds}
+    grpo = {s: runs.get((task, reference, s, *base)) for s in seeds}
     for setting in settings:
         rs = {s: runs[(task, setting, s, *base)] for s in seeds if (task, setting, s, *base) in runs}
         if not rs:
@@ -141,7 +200,13 @@ def table(task: str, settings: list[str], seeds: list[int], runs: dict, base: tu
             for s in rs
             if rs[s]["reward"] < rs[s]["reward_start"]
         ]
-        label = "GRPO" if setting == "grpo" else f"`{setting.split(':')[0]}` {' '.join(setting.split(':')[1:])}"
+        label = (
+            "GRPO"
+            if setting == "grpo"
+            else f"`{setting}`"
+            if "@" in setting or "+" in setting
+            else f"`{setting.split(':')[0]}` {' '.join(setting.split(':')[1:])}"
+        )
         lines.append(
             f"| {label} | {mean('reward_start'):.2f} → {mean('reward'):.3f} | {mean('length_start'):.1f} → "
             f"{mean('length'):.1f} | {spread(rr) if rr else ''} | {spread(lr) if lr else ''} | "
@@ -158,6 +223,38 @@ def table(task: str, settings: list[str], seeds: list[int], runs: dict, base: tu
         if cells:
             lines.append(f"    {setting:<32} " + "  ".join(cells))
     return lines
+
+
+def plot_frontier(tasks: list[str], settings: list[str], seeds: list[int], runs: dict, base: tuple, path: Path) -> None:
+    """End reward against end length, one point per setting and seed, a panel per task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4.2), squeeze=False)
+    colors = plt.get_cmap("tab10").colors
+    for ax, task in zip(axes[0], tasks):
+        for i, setting in enumerate(settings):
+            pts = [runs[key] for s in seeds if (key := (task, setting, s, *base)) in runs]
+            if pts:
+                ax.scatter(
+                    [r["length"] for r in pts],
+                    [r["reward"] for r in pts],
+                    color=colors[i % 10],
+                    marker="osD^vP*Xh<>"[i % 11],
+                    s=50,
+                    label=setting,
+                    alpha=0.85,
+                )
+        ax.set(title=task, xlabel="end length (tokens)", ylabel="end task reward")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(f"Toy tasks, {base[0]} steps, GFPO k = {base[2]} of 16, baselines at their own G; one point per seed")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def main() -> int:
@@ -181,6 +278,8 @@ def main() -> int:
         "with a pruning setting (filter:mode:prune) the batch metrics cover only the tokens written",
     )
     parser.add_argument("--table-only", action="store_true", help="print the table from --results, train nothing")
+    parser.add_argument("--frontier", metavar="PNG", help="draw end reward against end length, a point per seed")
+    parser.add_argument("--reference", default="grpo", help="the setting ratios are taken to (default grpo; grpo@8)")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -193,18 +292,11 @@ def main() -> int:
     for task in tasks:
         if task not in TASKS:
             parser.error(f"unknown task {task!r}: choose from {', '.join(TASKS)}")
-    for setting in settings:
-        parts = setting.split(":")
-        prune = parts[2] if len(parts) == 3 else "off"
-        if setting != "grpo" and (
-            len(parts) not in (2, 3)
-            or parts[1] not in KEEP_SIGNAL
-            or not (prune in ("auto", "off") or re.fullmatch(r"approximate\d*", prune))
-        ):
-            parser.error(
-                f"setting {setting!r}: use grpo, filter:mode or filter:mode:prune with a mode of "
-                f"{', '.join(KEEP_SIGNAL)} and prune auto, off, approximate or approximateM (M finished per group)"
-            )
+    for setting in [*settings, args.reference]:
+        try:
+            parse(setting)
+        except ValueError as err:
+            parser.error(str(err))
     seeds = [int(s) for s in args.seeds.split(",")]
     # The normaliser joins the runs' key only when it is not the default, so older result files still load.
     base = (args.steps, args.lr, args.k) + (() if args.normalizer == "kept" else (args.normalizer,))
@@ -231,10 +323,13 @@ def main() -> int:
         "end = mean of the last 50 steps\n"
     )
     for task in tasks:
-        print("\n".join(table(task, settings, seeds, runs, base)) + "\n")
+        print("\n".join(table(task, settings, seeds, runs, base, args.reference)) + "\n")
         evals = eval_table(task, settings, seeds, runs, base)
         if evals:
             print("\n".join(evals) + "\n")
+    if args.frontier:
+        plot_frontier(tasks, settings, seeds, runs, base, Path(args.frontier))
+        print(f"wrote {args.frontier}")
     print(f"{len(todo)} runs trained in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return 0
 

@@ -15,6 +15,13 @@ time of every step) and the held-out evaluation, greedy (200 answers) and sample
 (``--samples`` per prompt). ``--report`` reads them all and prints the tables of docs/smollm2.md and draws the
 training curves (``--plot``).
 
+The paper's regime (issue 22, docs/length_baselines.md): arms that all train on 8 rows per prompt, GRPO at G = 8
+alone (``grpo``) and with a length control (``grpo_kimi``, ``grpo_overlong``, ``dr_grpo``), and GFPO sampling 16 and
+keeping 8 (``length_8of16``, ``token_efficiency_8of16``, ``recommended_8of16`` = token_efficiency with
+keep_signal="typical", ``recommended_8of16_kimi`` = the same on the Kimi-shaped reward). ``--also-reward sole_sum
+correct_sum`` scores the same held-out answers with more checkers; ``--report`` then adds a table of every such arm
+and ``--frontier PNG`` plots accuracy against length, one point per arm and seed.
+
     OMP_NUM_THREADS=1 python benchmarks/smollm2.py --arms base
     OMP_NUM_THREADS=1 python benchmarks/smollm2.py --arms grpo --seeds 0 --steps 24
     OMP_NUM_THREADS=1 python benchmarks/smollm2.py --report --plot docs/img/smollm2.png
@@ -68,6 +75,8 @@ def run_arm(name: str, seed: int, args: argparse.Namespace) -> dict:
     model.to(device)
     test = addition.examples("test")[: args.limit]
     kw = {"max_new_tokens": args.max_completion_length, "bf16": bf16, "seed": seed, "reward": args.reward}
+    if args.also_reward:
+        kw["also"] = tuple(args.also_reward)
     t0 = time.perf_counter()
     record["greedy"] = smollm2.evaluate(model, tokenizer, test, sample=False, **kw)
     record["sampled"] = smollm2.evaluate(model, tokenizer, test, sample=True, samples_per_prompt=args.samples, **kw)
@@ -225,6 +234,123 @@ def summary(runs: dict[str, dict[int, dict]], base: dict | None) -> str:
     return "\n".join(lines)
 
 
+#: Arms of the paper's regime (issue 22: 8 trained rows per prompt), in the order the frontier table lists them.
+FRONTIER_ARMS = (
+    "grpo",
+    "grpo_kimi",
+    "grpo_overlong",
+    "dr_grpo",
+    "length_8of16",
+    "token_efficiency_8of16",
+    "recommended_8of16",
+    "recommended_8of16_kimi",
+)
+
+
+def checkers(r: dict, mode: str) -> dict[str, dict]:
+    """Every checker a run's evaluation scored: its own reward, then those of ``--also-reward``."""
+    e = r[mode]
+    return {r.get("reward", "correct_sum"): e, **e.get("also", {})}
+
+
+def frontier_report(out: Path, only_seeds: list[int] | None = None) -> str:
+    """The paper's-regime table: every arm of :data:`FRONTIER_ARMS` in ``out``, pooled over the seeds it has.
+
+    Accuracy under every checker the evaluation scored, pooled over all answers with a Wilson interval; mean length;
+    length and accuracy against GRPO of the same seed (mean over the seeds both have); training CPU time per step.
+    """
+    from gfpo_filters.experiments.smollm2 import wilson
+
+    runs = load(out)
+    if only_seeds is not None:
+        runs = {a: {s: r for s, r in rs.items() if s in only_seeds or a == "base"} for a, rs in runs.items()}
+    arms = [a for a in FRONTIER_ARMS if runs.get(a)]
+    if len(arms) < 2 or "grpo" not in arms:
+        return ""
+    first = next(iter(runs["grpo"].values()))
+    names = list(checkers(first, "greedy"))
+    head = ["arm", "seeds"]
+    for mode in ("greedy", "sampled"):
+        head += [f"{mode} {n}" for n in names] + [f"{mode} len", f"{mode} len / GRPO"]
+    head += ["train s/step CPU", "step CPU / GRPO", "train task reward last 5"]
+    lines = ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arm in arms:
+        rs = runs[arm]
+        seeds = sorted(rs)
+        cells = [arm, ",".join(map(str, seeds))]
+        for mode in ("greedy", "sampled"):
+            for n in names:
+                hits = sum(round(checkers(rs[s], mode)[n]["accuracy"] * rs[s][mode]["n"]) for s in seeds)
+                total = sum(rs[s][mode]["n"] for s in seeds)
+                lo, hi = wilson(hits, total)
+                cells.append(f"{hits / total:.3f} [{lo:.2f}, {hi:.2f}]")
+            cells.append(f"{mean([rs[s][mode]['mean_length'] for s in seeds]):.1f}")
+            paired = [s for s in seeds if s in runs["grpo"]]
+            ratio = [rs[s][mode]["mean_length"] / runs["grpo"][s][mode]["mean_length"] for s in paired]
+            cells.append(f"{mean(ratio):.2f} [{min(ratio):.2f}, {max(ratio):.2f}]" if ratio else "-")
+        cpu = [step_times(rs[s], "cpu_")[0] for s in seeds]
+        cells.append(f"{mean(cpu):.1f}")
+        paired = [s for s in seeds if s in runs["grpo"]]
+        ratio = [step_times(rs[s], "cpu_")[0] / step_times(runs["grpo"][s], "cpu_")[0] for s in paired]
+        cells.append(f"{mean(ratio):.2f}" if ratio else "-")
+        cells.append(
+            f"{mean([mean([x.get('task_reward', x['reward']) for x in rs[s]['history'][-5:]]) for s in seeds]):.2f}"
+        )
+        lines.append("| " + " | ".join(cells) + " |")
+    # per seed: accuracy under each checker (greedy / sampled), length, training CPU time and last task rewards
+    lines += ["", "Per seed: accuracy greedy / sampled under each checker, mean length greedy / sampled.", ""]
+    head = ["arm", "seed", *names, "length", "train s/step CPU", "train task reward last 5"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arm in arms:
+        for seed, r in sorted(runs[arm].items()):
+            g, sm = checkers(r, "greedy"), checkers(r, "sampled")
+            cells = [arm, str(seed)] + [f"{g[n]['accuracy']:.3f} / {sm[n]['accuracy']:.3f}" for n in names]
+            cells.append(f"{r['greedy']['mean_length']:.1f} / {r['sampled']['mean_length']:.1f}")
+            cells.append(f"{step_times(r, 'cpu_')[0]:.1f}")
+            cells.append(f"{mean([x.get('task_reward', x['reward']) for x in r['history'][-5:]]):.2f}")
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_frontier(out: Path, path: Path) -> None:
+    """Accuracy against mean length, one point per arm and seed, a panel per evaluation mode and checker."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = load(out)
+    arms = [a for a in FRONTIER_ARMS if runs.get(a)]
+    first = next(iter(runs[arms[0]].values()))
+    names = list(checkers(first, "greedy"))
+    markers = dict(zip(FRONTIER_ARMS, "osD^vP*X"))
+    colors = dict(zip(FRONTIER_ARMS, plt.get_cmap("tab10").colors))
+    fig, axes = plt.subplots(len(names), 2, figsize=(11, 4 * len(names)), squeeze=False)
+    for row, n in enumerate(names):
+        for col, mode in enumerate(("greedy", "sampled")):
+            ax = axes[row][col]
+            for arm in arms:
+                seeds = sorted(runs[arm])
+                xs = [runs[arm][sd][mode]["mean_length"] for sd in seeds]
+                ys = [checkers(runs[arm][sd], mode)[n]["accuracy"] for sd in seeds]
+                ax.scatter(xs, ys, marker=markers[arm], color=colors[arm], s=55, label=arm, alpha=0.85)
+                for sd, x, y in zip(seeds, xs, ys):
+                    ax.annotate(f"s{sd}", (x, y), fontsize=6, xytext=(4, -3), textcoords="offset points")
+            ax.set(xlabel="mean length (tokens)", ylabel=f"accuracy ({n})", title=f"{mode}, checker {n}")
+            ax.grid(alpha=0.3)
+    axes[0][1].legend(fontsize=7, loc="lower right")
+    r0 = first
+    fig.suptitle(
+        f"SmolLM2-135M-Instruct, additions, trained on {r0['reward']}: 8 trained rows per prompt,\n"
+        f"{r0['steps']} steps of {r0['prompts_per_step']} prompt(s), cap {r0['max_completion_length']} tokens; "
+        "one point per arm and seed (s0, s1: the seed)"
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def plot(out: Path, path: Path, window: int = 5) -> None:
     import matplotlib
 
@@ -280,8 +406,21 @@ def main() -> int:
     parser.add_argument(
         "--reward",
         default="correct_sum",
-        choices=["correct_sum", "contains_sum"],
+        choices=["correct_sum", "contains_sum", "sole_sum"],
         help="training and evaluation reward: the last integer is the sum (default), or any integer is",
+    )
+    parser.add_argument(
+        "--also-reward",
+        nargs="*",
+        default=[],
+        choices=["correct_sum", "contains_sum", "sole_sum"],
+        help="more checkers scored on the same held-out answers (e.g. sole_sum: no other candidate answer written)",
+    )
+    parser.add_argument(
+        "--report-seeds", nargs="+", type=int, default=None, help="with --report: the paper's-regime table over these"
+    )
+    parser.add_argument(
+        "--frontier", metavar="PNG", help="with --report: draw the accuracy/length frontier (one point per arm, seed)"
     )
     parser.add_argument("--keep-signal", default=None, help="keep_signal mode of the recommended arm")
     parser.add_argument("--samples", type=int, default=1, help="sampled answers per held-out prompt (default 1)")
@@ -298,6 +437,10 @@ def main() -> int:
     out = Path(args.out)
     if args.report:
         print(report(out))
+        print(frontier_report(out, args.report_seeds))
+        if args.frontier:
+            plot_frontier(out, Path(args.frontier))
+            print(f"wrote {args.frontier}")
         if args.plot:
             plot(out, Path(args.plot))
             print(f"wrote {args.plot}")

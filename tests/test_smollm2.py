@@ -87,12 +87,36 @@ def test_contains_sum_accepts_the_sum_anywhere_as_a_whole_integer():
     completions = ["3 + 5 = 8", "8, or maybe 9", "1 2 3 4 5 6 7 8 9", "18 or 80", "-8", "eight"]
     assert addition.contains_sum(completions, [8] * 6) == [1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
     assert addition.contains_sum([[{"role": "assistant", "content": "7 and 8"}]], [7]) == [1.0]
-    assert set(addition.REWARDS) == {"correct_sum", "contains_sum"}
+    assert set(addition.REWARDS) == {"correct_sum", "contains_sum", "sole_sum"}
     assert addition.reward_function("contains_sum") is addition.contains_sum
     with pytest.raises(ValueError, match="unknown addition reward 'last_sum': choose one of correct_sum, contains_sum"):
         addition.reward_function("last_sum")
     with pytest.raises(ValueError, match="contains_sum got 2 completions but 1 answers"):
         addition.contains_sum(["1", "2"], [1])
+
+
+def test_sole_sum_credits_the_sum_but_no_other_candidate():
+    prompts = [[{"role": "user", "content": "Compute 3 + 5. Reply with only the result, a single number."}]] * 7
+    completions = [
+        "3 + 5 = 8",
+        "The sum is 8.",
+        "8, or maybe 9",
+        "8 + 1 = 9",
+        "1 2 3 4 5 6 7 8 9",
+        "eight",
+        "5 + 3 = 8",
+    ]
+    assert addition.sole_sum(completions, [8] * 7, prompts=prompts) == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+    # the same answers under the lenient checker: the rambling ones earn it
+    assert addition.contains_sum(completions, [8] * 7) == [1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0]
+    assert addition.operands("What is 0 + 9? Answer with just the number.") == (0, 9)
+    assert addition.reward_function("sole_sum") is addition.sole_sum
+    with pytest.raises(ValueError, match="sole_sum needs the prompts"):
+        addition.sole_sum(["8"], [8])
+    with pytest.raises(ValueError, match="sole_sum got 1 completions, 1 answers and 2 prompts"):
+        addition.sole_sum(["8"], [8], prompts=prompts[:2])
+    with pytest.raises(ValueError, match="not an addition prompt"):
+        addition.operands("no numbers here")
 
 
 def test_wilson_interval_and_lengths_as_trl_counts_them():

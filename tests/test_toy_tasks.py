@@ -36,3 +36,19 @@ def test_every_task_is_a_reward_function_and_train_variant_checks_the_name():
 
     with pytest.raises(ValueError, match=r"unknown task 'y': choose one of \['long_x', 'prompt_letter', 'x'\]"):
         train_variant("GRPO", None, None, 1, 0, 1e-3, task="y")
+
+
+def test_length_controls_train_through_trl_and_log_the_task_reward():
+    """GFPO (length, 2 of 4) with Kimi's length reward and Dr. GRPO's loss runs in the real trainer (2 steps); the
+    history keeps the task reward apart from TRL's shaped ``reward``."""
+    from gfpo_filters.experiments.demo import length_controlled_reward, train_variant
+
+    run = train_variant(
+        "kimi", "length", 2, 2, 0, 1e-3, task="long_x", num_generations=4, length_reward="kimi", loss_type="dr_grpo"
+    )
+    assert (run["num_generations"], run["length_reward"], run["loss_type"]) == (4, "kimi", "dr_grpo")
+    h = run["history"][0]
+    assert 0.0 <= h["task_reward"] <= 1.0 and h["task_reward"] != h["reward"]  # the term is not all zero here
+    with pytest.raises(ValueError, match="unknown length_reward 'l1': choose one of kimi, overlong or None"):
+        length_controlled_reward(TASKS["x"][0], "l1", 4, 48)
+    assert length_controlled_reward(TASKS["x"][0], None, 4, 48) is TASKS["x"][0]

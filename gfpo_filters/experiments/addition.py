@@ -13,7 +13,12 @@ about 30% of answers earn the reward; greedy, about 80% (docs/smollm2.md).
 
 **Lenient reward** (:func:`contains_sum`): 1 when a + b is *any* integer of the completion. This is the kind of
 checker that invites length inflation: a longer answer that writes more numbers is more often right by chance, as
-the toy task of the demo rewards any ``x``. :data:`REWARDS` names both.
+the toy task of the demo rewards any ``x``. :data:`REWARDS` names them all.
+
+**Sole-candidate reward** (:func:`sole_sum`): the lenient checker with a penalty for rambling: 1 when a + b is an
+integer of the completion *and every other integer in it is an operand* (a or b, read from the prompt). "3 + 5 = 8"
+and "The sum is 8" pass; "8, or maybe 9", "8 + 1 = 9" and a list of numbers fail. It tells real accuracy from
+length hacking: an answer that writes several candidate sums earns ``contains_sum`` but not ``sole_sum``.
 """
 
 from __future__ import annotations
@@ -92,8 +97,37 @@ def contains_sum(completions: list[Any], answer: list[int], **kwargs: Any) -> li
     return [1.0 if int(a) in {int(x) for x in _INTEGER.findall(_text(c))} else 0.0 for c, a in zip(completions, answer)]
 
 
-#: Reward functions of the task by name: ``correct_sum`` (strict, the default) and ``contains_sum`` (lenient).
-REWARDS = {"correct_sum": correct_sum, "contains_sum": contains_sum}
+def operands(prompt: Any) -> tuple[int, int]:
+    """The two numbers a prompt of :data:`TEMPLATES` adds: its first two integers (a chat message list or a string)."""
+    text = prompt if isinstance(prompt, str) else prompt[-1]["content"]
+    found = _INTEGER.findall(text)
+    if len(found) < 2:
+        raise ValueError(f"not an addition prompt (fewer than two integers): {text!r}")
+    return int(found[0]), int(found[1])
+
+
+def sole_sum(completions: list[Any], answer: list[int], prompts: list[Any] | None = None, **kwargs: Any) -> list[float]:
+    """Reward function (TRL signature): 1.0 when a completion writes its ``answer`` and no integer other than the
+    answer and the prompt's two operands, else 0.0: :func:`contains_sum` without credit for other candidate answers.
+
+    Needs ``prompts`` (TRL passes them) to know the operands.
+    """
+    if prompts is None:
+        raise ValueError("sole_sum needs the prompts (to read the operands); TRL passes them as prompts=")
+    if not len(completions) == len(answer) == len(prompts):
+        raise ValueError(
+            f"sole_sum got {len(completions)} completions, {len(answer)} answers and {len(prompts)} prompts"
+        )
+    out = []
+    for c, a, p in zip(completions, answer, prompts):
+        written = {int(x) for x in _INTEGER.findall(_text(c))}
+        out.append(1.0 if int(a) in written and written <= {int(a), *operands(p)} else 0.0)
+    return out
+
+
+#: Reward functions of the task by name: ``correct_sum`` (strict, the default), ``contains_sum`` (lenient) and
+#: ``sole_sum`` (lenient, but no other candidate answer may be written).
+REWARDS = {"correct_sum": correct_sum, "contains_sum": contains_sum, "sole_sum": sole_sum}
 
 
 def reward_function(name: str):

@@ -71,9 +71,15 @@ def train_variant(
     gfpo_prune: str = "off",
     gfpo_prune_m: int | None = None,
     eval_samples: int = 0,
+    num_generations: int = 16,
+    length_reward: str | None = None,
+    loss_type: str | None = None,
 ) -> dict[str, Any]:
     """Train one variant on a task of :data:`gfpo_filters.experiments.toy.TASKS`; return its history (a worker).
 
+    ``num_generations`` is G (G' for a filter; 2 prompts per step either way). ``length_reward`` adds a length
+    control to the task reward (:func:`length_controlled_reward`: ``"kimi"`` or ``"overlong"``); ``loss_type``
+    (e.g. ``"dr_grpo"``, which also turns off the std scaling of rewards, as Dr. GRPO does) replaces TRL's default.
     ``gfpo_prune`` is off by default here: the history's length and reward are TRL's batch metrics, which with
     pruning cover the tokens written (pruned completions are cut short), not the policy's full completions.
     ``eval_samples`` > 0 adds ``eval_start`` and ``eval_end``: mean reward and length of that many unpruned samples
@@ -83,6 +89,7 @@ def train_variant(
 
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}: choose one of {sorted(TASKS)}")
+    reward = length_controlled_reward(TASKS[task][0], length_reward, num_generations, 48)
     import logging
     import warnings
 
@@ -104,8 +111,8 @@ def train_variant(
 
     args = GFPOConfig(
         output_dir=tempfile.mkdtemp(prefix="gfpo-demo-"),  # nothing is saved there (save_strategy="no")
-        per_device_train_batch_size=32,  # 2 prompts x 16 completions per step
-        num_generations=16,
+        per_device_train_batch_size=2 * num_generations,  # 2 prompts x G completions per step
+        num_generations=num_generations,
         num_remains_in_group=k,
         max_completion_length=48,
         learning_rate=lr,
@@ -122,10 +129,12 @@ def train_variant(
         gfpo_loss_normalizer=gfpo_loss_normalizer,
         gfpo_prune=gfpo_prune,
         gfpo_prune_m=gfpo_prune_m,
+        **({} if loss_type is None else {"loss_type": loss_type}),
+        **({"scale_rewards": "none"} if loss_type == "dr_grpo" else {}),
     )
     trainer = GFPOTrainer(
         model=build_model(seed),
-        reward_funcs=TASKS[task][0],
+        reward_funcs=reward,
         args=args,
         train_dataset=build_dataset(64, seed),
         processing_class=build_tokenizer(),
@@ -145,6 +154,8 @@ def train_variant(
             "step": h["step"],
             "length": h["completions/mean_length"],
             "reward": h["reward"],
+            # the task reward alone: TRL's "reward" is the shaped sum when a length control is added
+            "task_reward": h.get("length_control/task_reward", h["reward"]),
             "kept_length": h.get("gfpo/kept_length_mean"),
             "kept_zero_std": h.get("gfpo/frac_kept_zero_std"),
             "kept_zero_std_before": h.get("gfpo/frac_kept_zero_std_before"),
@@ -160,6 +171,9 @@ def train_variant(
         "k": k,
         "keep_signal": args.keep_signal,
         "task": task,
+        "num_generations": num_generations,
+        "length_reward": length_reward,
+        "loss_type": args.loss_type,
         "seconds": seconds,
         "history": history,
         **evals,
@@ -187,6 +201,26 @@ def sample_policy(model: Any, tokenizer: Any, task: str, samples: int, seed: int
     lengths = [int((row == eos).nonzero()[0]) + 1 if (row == eos).any() else row.numel() for row in completions]
     rewards = TASKS[task][0](completions=texts, prompts=prompts)
     return {"reward": sum(rewards) / len(rewards), "length": sum(lengths) / len(lengths)}
+
+
+#: Length controls a GRPO user picks instead of GFPO (``length_reward=`` of :func:`train_variant` and of
+#: :class:`gfpo_filters.experiments.smollm2.Arm`): Kimi k1.5's group-relative length reward and DAPO's soft overlong
+#: punishment (cache = a quarter of the cap), both added to the task reward (:mod:`gfpo_filters.rewards`).
+LENGTH_REWARDS = ("kimi", "overlong")
+
+
+def length_controlled_reward(task_reward: Any, length_reward: str | None, num_generations: int, max_length: int):
+    """``task_reward`` as is (None), plus Kimi k1.5's length reward (``"kimi"``, scale 0.5, among the group), or plus
+    DAPO's soft overlong punishment (``"overlong"``, cap ``max_length``, cache ``max_length // 4``)."""
+    from gfpo_filters.rewards import length_penalty, overlong_punishment
+
+    if length_reward is None:
+        return task_reward
+    if length_reward == "kimi":
+        return length_penalty(task_reward, num_generations)
+    if length_reward == "overlong":
+        return overlong_punishment(task_reward, max_length, max_length // 4)
+    raise ValueError(f"unknown length_reward {length_reward!r}: choose one of {', '.join(LENGTH_REWARDS)} or None")
 
 
 def train_smollm2_variant(label: str, arm: str, steps: int, seed: int, lr: float, device: str) -> dict[str, Any]:

@@ -19,11 +19,19 @@ from gfpo_filters.experiments import addition
 
 @dataclass(frozen=True)
 class Arm:
-    """One training setting: a filter and k (None, None = GRPO) and a ``keep_signal`` mode."""
+    """One training setting: a filter and k (None, None = GRPO) and a ``keep_signal`` mode.
+
+    ``num_generations`` (None: :func:`train`'s) is G, or G' for a filter; ``length_reward`` adds a length control to
+    the task reward (``"kimi"`` or ``"overlong"``, :func:`gfpo_filters.experiments.demo.length_controlled_reward`);
+    ``loss_type`` replaces TRL's (``"dr_grpo"`` also sets ``scale_rewards="none"``, as Dr. GRPO does).
+    """
 
     filter: str | None = None
     k: int | None = None
     keep_signal: bool | str = "off"
+    num_generations: int | None = None
+    length_reward: str | None = None
+    loss_type: str | None = None
 
 
 #: The arms compared: GRPO, the paper's GFPO (token_efficiency, 3 of 8), and ``recommended``: the same filter and k
@@ -33,6 +41,15 @@ ARMS: dict[str, Arm] = {
     "grpo": Arm(),
     "token_efficiency": Arm("token_efficiency", 3, "off"),
     "recommended": Arm("token_efficiency", 3, "typical"),
+    # Issue 22, the paper's regime: every arm trains on 8 rows per prompt. GRPO at G = 8 alone and with the length
+    # controls a user picks instead of GFPO; GFPO sampling G' = 16 and keeping k = 8 (docs/length_baselines.md).
+    "grpo_kimi": Arm(length_reward="kimi"),  # Kimi k1.5's group-relative length reward, scale 0.5
+    "grpo_overlong": Arm(length_reward="overlong"),  # DAPO's soft overlong punishment, cache = cap / 4
+    "dr_grpo": Arm(loss_type="dr_grpo"),  # Dr. GRPO: no length normalisation, no std scaling
+    "length_8of16": Arm("length", 8, "off", num_generations=16),
+    "token_efficiency_8of16": Arm("token_efficiency", 8, "off", num_generations=16),
+    "recommended_8of16": Arm("token_efficiency", 8, "typical", num_generations=16),
+    "recommended_8of16_kimi": Arm("token_efficiency", 8, "typical", num_generations=16, length_reward="kimi"),
 }
 
 
@@ -80,21 +97,27 @@ def evaluate(
     bf16: bool = True,
     seed: int = 0,
     reward: str = "correct_sum",
+    also: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Answer every example (greedy, or ``samples_per_prompt`` samples at temperature 1) and score the answers.
 
     Returns accuracy with its 95% Wilson interval, mean length in tokens (counted as TRL counts them), and the
-    share of answers that hit ``max_new_tokens`` without an EOS.
+    share of answers that hit ``max_new_tokens`` without an EOS. ``also``: more rewards of
+    :data:`gfpo_filters.experiments.addition.REWARDS` scored on the same answers, under ``"also"`` (accuracy, ci95).
     """
     import torch
 
     score = addition.reward_function(reward)
+    extra = {name: addition.reward_function(name) for name in also}
+    extra_rewards: dict[str, list[float]] = {name: [] for name in also}
     device = next(model.parameters()).device
     texts = [tokenizer.apply_chat_template(e["prompt"], tokenize=False, add_generation_prompt=True) for e in examples]
     answers = [e["answer"] for e in examples]
+    prompts = [e["prompt"] for e in examples]
     if sample:
         texts = [t for t in texts for _ in range(samples_per_prompt)]
         answers = [a for a in answers for _ in range(samples_per_prompt)]
+        prompts = [p for p in prompts for _ in range(samples_per_prompt)]
     eos = tokenizer.eos_token_id
     torch.manual_seed(seed)
     rewards: list[float] = []
@@ -115,17 +138,26 @@ def evaluate(
         n = completion_lengths(ids, eos)
         decoded = [tokenizer.decode(row[:m], skip_special_tokens=True) for row, m in zip(ids, n.tolist())]
         rewards += score(decoded, answers[start : start + batch_size])
+        for name, fn in extra.items():
+            batch_prompts = prompts[start : start + batch_size]
+            extra_rewards[name] += fn(decoded, answers[start : start + batch_size], prompts=batch_prompts)
         lengths += n.tolist()
     model.train(was_training)
     hits = int(sum(rewards))
     lo, hi = wilson(hits, len(rewards))
-    return {
+    record = {
         "n": len(rewards),
         "accuracy": hits / len(rewards),
         "ci95": [lo, hi],
         "mean_length": sum(lengths) / len(lengths),
         "frac_capped": sum(m >= max_new_tokens for m in lengths) / len(lengths),
     }
+    if also:
+        record["also"] = {
+            name: {"accuracy": sum(r) / len(r), "ci95": list(wilson(int(sum(r)), len(r)))}
+            for name, r in extra_rewards.items()
+        }
+    return record
 
 
 def train(
@@ -153,10 +185,13 @@ def train(
     import torch
     from transformers import TrainerCallback
 
+    from gfpo_filters.experiments.demo import length_controlled_reward
     from gfpo_filters.experiments.models import load_gguf_causal_lm
     from gfpo_filters.trainer import GFPOConfig, GFPOTrainer
 
+    num_generations = arm.num_generations or num_generations
     reward_fn = addition.reward_function(reward)  # a bad name fails before the model loads
+    reward_fn = length_controlled_reward(reward_fn, arm.length_reward, num_generations, max_completion_length)
     model, tokenizer = load_gguf_causal_lm(model_path)
     config = GFPOConfig(
         output_dir=tempfile.mkdtemp(prefix="gfpo-smollm2-"),  # nothing is saved there (save_strategy="no")
@@ -179,6 +214,8 @@ def train(
         report_to="none",
         save_strategy="no",
         disable_tqdm=True,
+        **({} if arm.loss_type is None else {"loss_type": arm.loss_type}),
+        **({"scale_rewards": "none"} if arm.loss_type == "dr_grpo" else {}),
     )
     trainer = GFPOTrainer(
         model=model,
@@ -232,6 +269,8 @@ def train(
         {
             "step": h["step"],
             "reward": h["reward"],
+            # the task reward alone: TRL's "reward" is the shaped sum when a length control is added
+            "task_reward": h.get("length_control/task_reward", h["reward"]),
             "length": h["completions/mean_length"],
             "kept_length": h.get("gfpo/kept_length_mean"),
             "step_seconds": t["step_seconds"],
@@ -251,6 +290,8 @@ def train(
         "learning_rate": learning_rate,
         "gfpo_loss_normalizer": gfpo_loss_normalizer,
         "reward": reward,
+        "length_reward": arm.length_reward,
+        "loss_type": config.loss_type,
         "steps": steps,
         "seed": seed,
         "device": device,
