@@ -175,8 +175,13 @@ def train(
     log_every: int = 0,
     gfpo_loss_normalizer: str = "kept",
     reward: str = "correct_sum",
+    gfpo_prune: str = "off",
 ) -> tuple[Any, Any, dict[str, Any]]:
     """Train ``arm`` from the pretrained model; return (model, tokenizer, record with the per-step history).
+
+    ``gfpo_prune`` is off by default here, as the effect runs of docs/length_baselines.md were made: the history's
+    training lengths are TRL's batch metrics, which with pruning count only the tokens written (the held-out
+    evaluation samples unpruned either way). ``benchmarks/prune_cost.py`` measures pruning's cost.
 
     Every step is timed whole (generation, scoring, filter, loss, backward, optimizer) and its generation part
     apart (``_generate_and_score_completions``): step - generation is what the filter saves. Both in wall time and
@@ -201,6 +206,7 @@ def train(
         group_filter=arm.filter,
         keep_signal=arm.keep_signal,
         gfpo_loss_normalizer=gfpo_loss_normalizer,
+        gfpo_prune=gfpo_prune,
         max_completion_length=max_completion_length,
         temperature=1.0,
         learning_rate=learning_rate,
