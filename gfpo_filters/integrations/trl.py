@@ -491,12 +491,11 @@ class GFPOTrainer(PruningMixin, GRPOTrainer):
         """The deferred old and reference log-prob passes, on this process's kept rows (``rows``) only, laid out as
         TRL laid them out (completion columns past the longest kept one dropped: a causal model's earlier tokens
         never see them); the other rows keep 0, as they are never trained."""
-        if not self._deferred_calls:
-            return
+        calls, self._deferred_calls = self._deferred_calls, []
         width = max((widths[i] for i in rows.tolist()), default=0)
-        for key, model, input_ids, attention_mask, logits_to_keep, args, kwargs in self._deferred_calls:
-            if not rows.size or not width:
-                continue
+        if not width:  # no kept row with a token here: the passes have nothing to compute
+            return
+        for key, model, input_ids, attention_mask, logits_to_keep, args, kwargs in calls:
             index = torch.as_tensor(rows, dtype=torch.long, device=input_ids.device)
             end = input_ids.shape[1] - logits_to_keep + width
             with torch.no_grad():
@@ -504,7 +503,6 @@ class GFPOTrainer(PruningMixin, GRPOTrainer):
                     model, input_ids[index, :end], attention_mask[index, :end], width, *args, **kwargs
                 )
             output[key][index, :width] = logps.to(output[key].dtype)
-        self._deferred_calls = []
 
     def _prepare_inputs(self, generation_batch):
         """TRL's buffering of one generation batch into ``steps_per_generation`` micro-batches, with GFPO's plan.
