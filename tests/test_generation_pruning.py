@@ -30,6 +30,19 @@ def generate(rule, k=3, groups=None, seed=0, n=16, max_new_tokens=40):
     return out[:, width:], criterion
 
 
+def assert_pruned_rows_could_not_be_kept(ids, pruned, group_size: int, k: int) -> None:
+    """Every pruned row had at least k finished rows of its group surely ahead of it (shorter than the c + 1 tokens
+    it would have ended with at least, or as long and earlier): ``length`` could never have kept it."""
+    lengths = np.array([len(x) for x in ids]).reshape(-1, group_size)
+    pruned = np.asarray(pruned).reshape(-1, group_size)
+    for g in range(len(lengths)):
+        done = ~pruned[g]
+        for j in np.flatnonzero(~done):
+            c = lengths[g, j]  # tokens the pruned row had written
+            ahead = done & ((lengths[g] < c + 1) | ((lengths[g] == c + 1) & (np.arange(group_size) < j)))
+            assert ahead.sum() >= k, (g, j, lengths[g].tolist(), done.tolist())
+
+
 def test_pruning_stops_rows_and_leaves_the_other_rows_samples_unchanged():
     full, counted = generate(None)
     pruned, criterion = generate(ShortestK())
@@ -248,10 +261,4 @@ def test_continuous_batching_prunes_and_cancels(tmp_path):
     ((ids, pruned),) = seen
     assert pruned.any()
     assert len(recorder.calls[0]) == 16 - pruned.sum()
-    lengths = np.array([len(x) for x in ids]).reshape(2, 8)
-    for g in range(2):
-        done = ~pruned[8 * g : 8 * g + 8]
-        for j in np.flatnonzero(~done):
-            c = lengths[g, j]  # tokens the pruned row had written: it would have ended with at least c + 1
-            ahead = done & ((lengths[g] < c + 1) | ((lengths[g] == c + 1) & (np.arange(8) < j)))
-            assert ahead.sum() >= 3, (g, j, lengths[g].tolist(), done.tolist())
+    assert_pruned_rows_could_not_be_kept(ids, pruned, group_size=8, k=3)

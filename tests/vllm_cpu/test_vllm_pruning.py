@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import gc
 
-import numpy as np
 import pytest
 
 pytest.importorskip("vllm", reason="vLLM is not installed: the vLLM tests run in their own environment (README)")
 pytest.importorskip("trl")
 
 from gfpo_filters.experiments.toy import build_dataset, build_tokenizer  # noqa: E402
+from tests.test_generation_pruning import assert_pruned_rows_could_not_be_kept  # noqa: E402
 from tests.vllm_cpu.vllm_utils import SHIFT, keep_cpu_weights_loadable, policy, vllm_args  # noqa: E402
 
 
@@ -54,13 +54,7 @@ def test_vllm_colocate_prunes_and_aborts(tmp_path, model_dir):
     assert len(seen_rewards[0]) == 16 - pruned.sum()
     # Every row's sampled-token log-probs match its tokens (pruned rows were cut to what they wrote).
     assert [len(x) for x in logprobs] == [len(x) for x in ids]
-    lengths = np.array([len(x) for x in ids]).reshape(2, 8)
-    for g in range(2):
-        done = ~pruned[8 * g : 8 * g + 8]
-        for j in np.flatnonzero(~done):
-            c = lengths[g, j]  # tokens the pruned row had written: it would have ended with at least c + 1
-            ahead = done & ((lengths[g] < c + 1) | ((lengths[g] == c + 1) & (np.arange(8) < j)))
-            assert ahead.sum() >= 3, (g, j, lengths[g].tolist(), done.tolist())
+    assert_pruned_rows_could_not_be_kept(ids, pruned, group_size=8, k=3)
     logs = {k: v for h in trainer.state.log_history for k, v in h.items() if k.startswith("gfpo/")}
     assert logs["gfpo/pruned_fraction"] == pytest.approx(pruned.mean())
     assert logs["gfpo/decode_steps"] < 40
