@@ -50,6 +50,8 @@ ARMS: dict[str, Arm] = {
     "token_efficiency_8of16": Arm("token_efficiency", 8, "off", num_generations=16),
     "recommended_8of16": Arm("token_efficiency", 8, "typical", num_generations=16),
     "recommended_8of16_kimi": Arm("token_efficiency", 8, "typical", num_generations=16, length_reward="kimi"),
+    # GFPO with DAPO's punishment at the cap: a length filter cannot rank answers the cap has made equal in length.
+    "recommended_8of16_overlong": Arm("token_efficiency", 8, "typical", num_generations=16, length_reward="overlong"),
 }
 
 
