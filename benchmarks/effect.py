@@ -30,12 +30,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gfpo_filters.experiments.demo import LENGTH_REWARDS, train_variant  # noqa: E402
-from gfpo_filters.experiments.toy import TASKS  # noqa: E402
+from gfpo_filters.experiments.toy import BINARY_TASKS, TASKS  # noqa: E402
 from gfpo_filters.step import KEEP_SIGNAL  # noqa: E402
 
-#: Settings: "grpo", or "filter:keep_signal mode" (G = 16, k = ``-k``), optionally "+kimi" or "+overlong" (a length
-#: control added to the reward, ``demo.LENGTH_REWARDS``); or a GRPO baseline at its own G, "BASELINE@G" with BASELINE
-#: one of :data:`BASELINES` (e.g. "grpo@8", "kimi@8": GRPO at G = 8 on as many trained rows as GFPO 8 of 16).
+#: Settings: "grpo", or "filter:keep_signal mode" (G = 16, k = ``-k``), optionally "+kimi", "+kimi_correct" or
+#: "+overlong" (a length control added to the reward, ``demo.LENGTH_REWARDS``); or a GRPO baseline at its own G,
+#: "BASELINE@G" with BASELINE one of :data:`BASELINES` (e.g. "grpo@8", "kimi@8": GRPO at G = 8 on as many trained
+#: rows as GFPO 8 of 16).
 #: ``swap_long`` is left out: with ``token_efficiency`` on 0/1 rewards
 #: it keeps exactly what ``swap`` keeps (docs/keep_signal.md), so its runs are ``swap``'s.
 SETTINGS = ["grpo", "length:off", "token_efficiency:off"] + [
@@ -45,6 +46,7 @@ SETTINGS = ["grpo", "length:off", "token_efficiency:off"] + [
 BASELINES = {
     "grpo": (None, None),
     "kimi": ("kimi", None),  # Kimi k1.5's group-relative length reward, scale 0.5
+    "kimi_correct": ("kimi_correct", None),  # the same, min and max over the group's correct answers only
     "overlong": ("overlong", None),  # DAPO's soft overlong punishment, cap 48, cache 12
     "dr_grpo": (None, "dr_grpo"),  # Dr. GRPO: loss_type="dr_grpo", scale_rewards="none"
 }
@@ -101,7 +103,8 @@ def parse(setting: str) -> dict:
         or not (prune in ("auto", "off") or re.fullmatch(r"approximate\d*", prune))
     ):
         raise ValueError(
-            f"setting {setting!r}: use grpo, BASELINE@G, or filter:mode[:prune][+kimi|+overlong] with a mode of "
+            f"setting {setting!r}: use grpo, BASELINE@G, or filter:mode[:prune][+{'|+'.join(LENGTH_REWARDS)}] with a "
+            "mode of "
             f"{', '.join(KEEP_SIGNAL)} and prune auto, off, approximate or approximateM (M finished per group)"
         )
     prune_m = int(prune[len("approximate") :]) if prune.startswith("approximate") and prune != "approximate" else None
@@ -259,7 +262,9 @@ def plot_frontier(tasks: list[str], settings: list[str], seeds: list[int], runs:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", default=",".join(TASKS), help=f"toy tasks (default {','.join(TASKS)})")
+    parser.add_argument(
+        "--tasks", default=",".join(BINARY_TASKS), help=f"toy tasks of {','.join(TASKS)} (default the 0/1 ones)"
+    )
     parser.add_argument("--settings", default=",".join(SETTINGS), help="grpo or filter:mode, comma-separated")
     parser.add_argument("--modes", help="shorthand: token_efficiency with these keep_signal modes (plus grpo)")
     parser.add_argument("--seeds", default="0,1,2")

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from gfpo_filters.experiments.toy import MIN_LETTERS, TASKS, contains_prompt_target, long_with_target, prompt_target
+from gfpo_filters.experiments.toy import (
+    BINARY_TASKS,
+    FULL_COUNT,
+    MIN_LETTERS,
+    TASKS,
+    contains_prompt_target,
+    count_target,
+    long_with_target,
+    prompt_target,
+)
 
 
 def test_prompt_target_is_a_fixed_hash_of_the_prompt():
@@ -28,13 +37,22 @@ def test_long_x_needs_the_letter_and_enough_letters():
     assert long_with_target([short, enough, "a" * 40, ""]) == [0.0, 1.0, 0.0, 0.0]
 
 
+def test_count_x_gives_partial_credit_per_x_up_to_full():
+    assert FULL_COUNT == 3
+    assert count_target(["", "ab", "xa", "axbx", "xxx", "xxxxxx"]) == [0.0, 0.0, 1 / 3, 2 / 3, 1.0, 1.0]
+    assert count_target([[{"role": "assistant", "content": "xx"}]]) == [2 / 3]
+    assert set(BINARY_TASKS) == set(TASKS) - {"count_x"}
+
+
 def test_every_task_is_a_reward_function_and_train_variant_checks_the_name():
     for func, description in TASKS.values():
         assert callable(func) and description
     assert TASKS["x"][0](["ax", "ab"]) == [1.0, 0.0]
     from gfpo_filters.experiments.demo import train_variant
 
-    with pytest.raises(ValueError, match=r"unknown task 'y': choose one of \['long_x', 'prompt_letter', 'x'\]"):
+    with pytest.raises(
+        ValueError, match=r"unknown task 'y': choose one of \['count_x', 'long_x', 'prompt_letter', 'x'\]"
+    ):
         train_variant("GRPO", None, None, 1, 0, 1e-3, task="y")
 
 
@@ -49,6 +67,17 @@ def test_length_controls_train_through_trl_and_log_the_task_reward():
     assert (run["num_generations"], run["length_reward"], run["loss_type"]) == (4, "kimi", "dr_grpo")
     h = run["history"][0]
     assert 0.0 <= h["task_reward"] <= 1.0 and h["task_reward"] != h["reward"]  # the term is not all zero here
-    with pytest.raises(ValueError, match="unknown length_reward 'l1': choose one of kimi, overlong or None"):
+    with pytest.raises(
+        ValueError, match="unknown length_reward 'l1': choose one of kimi, kimi_correct, overlong or None"
+    ):
         length_controlled_reward(TASKS["x"][0], "l1", 4, 48)
+    # kimi_correct: lengths relative to the correct answers only. Group of 4, lengths 2, 4, 6, 1 (the last wrong):
+    # among the correct ones min 2, max 6: lambda = 0.5, 0, -0.5; the wrong answer keeps its 0.
+    shaped = length_controlled_reward(TASKS["x"][0], "kimi_correct", 4, 48)
+    assert shaped(["xa", "xabc", "xabcde", "a"], completion_ids=[[1] * 2, [1] * 4, [1] * 6, [1]]) == [
+        1.5,
+        1.0,
+        0.5,
+        0.0,
+    ]
     assert length_controlled_reward(TASKS["x"][0], None, 4, 48) is TASKS["x"][0]

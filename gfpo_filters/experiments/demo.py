@@ -206,11 +206,12 @@ def sample_policy(model: Any, tokenizer: Any, task: str, samples: int, seed: int
 #: Length controls a GRPO user picks instead of GFPO (``length_reward=`` of :func:`train_variant` and of
 #: :class:`gfpo_filters.experiments.smollm2.Arm`): Kimi k1.5's group-relative length reward and DAPO's soft overlong
 #: punishment (cache = a quarter of the cap), both added to the task reward (:mod:`gfpo_filters.rewards`).
-LENGTH_REWARDS = ("kimi", "overlong")
+LENGTH_REWARDS = ("kimi", "kimi_correct", "overlong")
 
 
 def length_controlled_reward(task_reward: Any, length_reward: str | None, num_generations: int, max_length: int):
-    """``task_reward`` as is (None), plus Kimi k1.5's length reward (``"kimi"``, scale 0.5, among the group), or plus
+    """``task_reward`` as is (None), plus Kimi k1.5's length reward (``"kimi"``, scale 0.5, among the group;
+    ``"kimi_correct"``: among the group's correct answers), or plus
     DAPO's soft overlong punishment (``"overlong"``, cap ``max_length``, cache ``max_length // 4``)."""
     from gfpo_filters.rewards import length_penalty, overlong_punishment
 
@@ -218,6 +219,8 @@ def length_controlled_reward(task_reward: Any, length_reward: str | None, num_ge
         return task_reward
     if length_reward == "kimi":
         return length_penalty(task_reward, num_generations)
+    if length_reward == "kimi_correct":  # the prime-rl / miles form: lengths relative to the group's correct answers
+        return length_penalty(task_reward, num_generations, among="correct")
     if length_reward == "overlong":
         return overlong_punishment(task_reward, max_length, max_length // 4)
     raise ValueError(f"unknown length_reward {length_reward!r}: choose one of {', '.join(LENGTH_REWARDS)} or None")

@@ -10,7 +10,8 @@ cap. A length-aware group filter (``token_efficiency``, ``length``) keeps the sh
 that found an ``x`` and holds the length down. Used by ``gfpo-filters demo`` and the trainer tests.
 
 :data:`TASKS` is a family of rewards on the same prompts and policy, for benchmarks/effect.py
-(docs/effect.md): the demo's task and two that expose different failures of a length filter.
+(docs/effect.md): the demo's task and two that expose different failures of a length filter, all 0/1, and a graded
+one (``count_x``, docs/length_baselines.md).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any
 TARGET = "x"
 #: Letters a completion needs for the ``long_x`` task.
 MIN_LETTERS = 20
+#: The ``count_x`` task's full reward: this many ``x``.
+FULL_COUNT = 3
 LETTERS = string.ascii_lowercase
 PAD, EOS = "<pad>", "<eos>"
 
@@ -101,6 +104,11 @@ def long_with_target(completions: list[Any], **kwargs: Any) -> list[float]:
     return [1.0 if TARGET in (t := _text(c)) and len(t) >= MIN_LETTERS else 0.0 for c in completions]
 
 
+def count_target(completions: list[Any], **kwargs: Any) -> list[float]:
+    """Graded reward: the number of target letters, up to ``FULL_COUNT``, over ``FULL_COUNT`` (0, 1/3, 2/3 or 1)."""
+    return [min(_text(c).count(TARGET), FULL_COUNT) / FULL_COUNT for c in completions]
+
+
 #: The toy task family: name -> (TRL reward function, what it asks). Random policies start at 0.3 to 0.55.
 TASKS = {
     "x": (contains_target, "contains an 'x' (the demo's task: learned almost at once)"),
@@ -112,4 +120,10 @@ TASKS = {
         long_with_target,
         f"contains an 'x' and has at least {MIN_LETTERS} letters (a correct answer needs more tokens)",
     ),
+    "count_x": (
+        count_target,
+        f"graded: the number of 'x' up to {FULL_COUNT}, over {FULL_COUNT} (partial credit grows with length)",
+    ),
 }
+#: The 0/1 tasks, benchmarks/effect.py's default (docs/effect.md); ``count_x`` is graded (docs/length_baselines.md).
+BINARY_TASKS = ("x", "prompt_letter", "long_x")
