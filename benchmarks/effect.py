@@ -33,7 +33,7 @@ from gfpo_filters.experiments.demo import LENGTH_REWARDS, train_variant  # noqa:
 from gfpo_filters.experiments.toy import BINARY_TASKS, TASKS  # noqa: E402
 from gfpo_filters.step import KEEP_SIGNAL  # noqa: E402
 
-#: Settings: "grpo", or "filter:keep_signal mode" (G = 16, k = ``-k``), optionally "+kimi", "+kimi_correct" or
+#: Settings: "grpo", or "filter:keep_signal mode" (G' = 16 or "@G'", k = ``-k``), optionally "+kimi", "+kimi_correct" or
 #: "+overlong" (a length control added to the reward, ``demo.LENGTH_REWARDS``); or a GRPO baseline at its own G,
 #: "BASELINE@G" with BASELINE one of :data:`BASELINES` (e.g. "grpo@8", "kimi@8": GRPO at G = 8 on as many trained
 #: rows as GFPO 8 of 16).
@@ -77,7 +77,7 @@ def load(path: Path) -> dict[tuple, dict]:
 
 def parse(setting: str) -> dict:
     """A setting's train_variant arguments: filter, k, keep_signal mode, G, length_reward, loss_type (k = None: -k)."""
-    if "@" in setting:
+    if "@" in setting and setting.split("@")[0] in BASELINES:
         name, g = setting.split("@")
         if name not in BASELINES or not g.isdigit() or int(g) < 2:
             raise ValueError(f"setting {setting!r}: use BASELINE@G with BASELINE one of {', '.join(BASELINES)}")
@@ -94,6 +94,7 @@ def parse(setting: str) -> dict:
         return {"filter": None, "mode": "off", "G": 16, "length_reward": None, "loss_type": None, "prune": "off",
                 "prune_m": None}  # fmt: skip
     core, _, extra = setting.partition("+")
+    core, _, g_prime = core.partition("@")  # "filter:mode@32": G' = 32 (default 16)
     parts = core.split(":")
     prune = parts[2] if len(parts) == 3 else "off"
     if (
@@ -101,17 +102,18 @@ def parse(setting: str) -> dict:
         or parts[1] not in KEEP_SIGNAL
         or (extra and extra not in LENGTH_REWARDS)
         or not (prune in ("auto", "off") or re.fullmatch(r"approximate\d*", prune))
+        or (g_prime and not (g_prime.isdigit() and int(g_prime) >= 2))
     ):
         raise ValueError(
-            f"setting {setting!r}: use grpo, BASELINE@G, or filter:mode[:prune][+{'|+'.join(LENGTH_REWARDS)}] with a "
-            "mode of "
+            f"setting {setting!r}: use grpo, BASELINE@G, or filter:mode[:prune][@G'][+{'|+'.join(LENGTH_REWARDS)}] "
+            "with a mode of "
             f"{', '.join(KEEP_SIGNAL)} and prune auto, off, approximate or approximateM (M finished per group)"
         )
     prune_m = int(prune[len("approximate") :]) if prune.startswith("approximate") and prune != "approximate" else None
     return {
         "filter": parts[0],
         "mode": parts[1],
-        "G": 16,
+        "G": int(g_prime) if g_prime else 16,
         "length_reward": extra or None,
         "loss_type": None,
         "prune": "approximate" if prune_m else prune,
@@ -253,7 +255,9 @@ def plot_frontier(tasks: list[str], settings: list[str], seeds: list[int], runs:
         ax.set(title=task, xlabel="end length (tokens)", ylabel="end task reward")
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7)
-    fig.suptitle(f"Toy tasks, {base[0]} steps, GFPO k = {base[2]} of 16, baselines at their own G; one point per seed")
+    fig.suptitle(
+        f"Toy tasks, {base[0]} steps, GFPO k = {base[2]} of 16 (or @G'), baselines at their own G; one point per seed"
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

@@ -244,13 +244,17 @@ FRONTIER_ARMS = (
     "token_efficiency_8of16",
     "recommended_8of16",
     "recommended_8of16_kimi",
+    "recommended_8of16_overlong",
 )
+#: The checkers in the order the tables list them, lenient first (gfpo_filters.experiments.addition).
+CHECKERS = ("contains_sum", "sole_sum", "correct_sum")
 
 
 def checkers(r: dict, mode: str) -> dict[str, dict]:
     """Every checker a run's evaluation scored: its own reward, then those of ``--also-reward``."""
     e = r[mode]
-    return {r.get("reward", "correct_sum"): e, **e.get("also", {})}
+    scored = {r.get("reward", "correct_sum"): e, **e.get("also", {})}
+    return {n: scored[n] for n in sorted(scored, key=lambda n: CHECKERS.index(n) if n in CHECKERS else len(CHECKERS))}
 
 
 def frontier_report(out: Path, only_seeds: list[int] | None = None) -> str:
@@ -274,6 +278,17 @@ def frontier_report(out: Path, only_seeds: list[int] | None = None) -> str:
         head += [f"{mode} {n}" for n in names] + [f"{mode} len", f"{mode} len / GRPO"]
     head += ["train s/step CPU", "step CPU / GRPO", "train task reward last 5"]
     lines = ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    base = runs.get("base", {})
+    if base:  # the untrained model: where every arm started
+        cells = ["base (untrained)", "-"]
+        for mode in ("greedy", "sampled"):
+            for n in names:
+                hits = sum(round(checkers(r, mode)[n]["accuracy"] * r[mode]["n"]) for r in base.values())
+                total = sum(r[mode]["n"] for r in base.values())
+                lo, hi = wilson(hits, total)
+                cells.append(f"{hits / total:.3f} [{lo:.2f}, {hi:.2f}]")
+            cells += [f"{mean([r[mode]['mean_length'] for r in base.values()]):.1f}", "-"]
+        lines.append("| " + " | ".join(cells + ["-", "-", "-"]) + " |")
     for arm in arms:
         rs = runs[arm]
         seeds = sorted(rs)
@@ -323,7 +338,7 @@ def plot_frontier(out: Path, path: Path) -> None:
     arms = [a for a in FRONTIER_ARMS if runs.get(a)]
     first = next(iter(runs[arms[0]].values()))
     names = list(checkers(first, "greedy"))
-    markers = dict(zip(FRONTIER_ARMS, "osD^vP*X"))
+    markers = dict(zip(FRONTIER_ARMS, "osD^vP*Xh<>"))
     colors = dict(zip(FRONTIER_ARMS, plt.get_cmap("tab10").colors))
     fig, axes = plt.subplots(len(names), 2, figsize=(11, 4 * len(names)), squeeze=False)
     for row, n in enumerate(names):
