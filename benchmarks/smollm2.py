@@ -245,6 +245,7 @@ FRONTIER_ARMS = (
     "recommended_8of16",
     "recommended_8of16_kimi",
     "recommended_8of16_overlong",
+    "recommended_8of32",
 )
 #: The checkers in the order the tables list them, lenient first (gfpo_filters.experiments.addition).
 CHECKERS = ("contains_sum", "sole_sum", "correct_sum")
@@ -338,7 +339,7 @@ def plot_frontier(out: Path, path: Path) -> None:
     arms = [a for a in FRONTIER_ARMS if runs.get(a)]
     first = next(iter(runs[arms[0]].values()))
     names = list(checkers(first, "greedy"))
-    markers = dict(zip(FRONTIER_ARMS, "osD^vP*Xh<>"))
+    markers = dict(zip(FRONTIER_ARMS, "osD^vP*Xh<>p"))
     colors = dict(zip(FRONTIER_ARMS, plt.get_cmap("tab10").colors))
     fig, axes = plt.subplots(len(names), 2, figsize=(11, 4 * len(names)), squeeze=False)
     for row, n in enumerate(names):

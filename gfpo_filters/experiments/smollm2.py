@@ -52,6 +52,8 @@ ARMS: dict[str, Arm] = {
     "recommended_8of16_kimi": Arm("token_efficiency", 8, "typical", num_generations=16, length_reward="kimi"),
     # GFPO with DAPO's punishment at the cap: a length filter cannot rank answers the cap has made equal in length.
     "recommended_8of16_overlong": Arm("token_efficiency", 8, "typical", num_generations=16, length_reward="overlong"),
+    # Sampling 4k: G' = 32, k = 8 (still 8 trained rows per prompt; a stronger selection than 8 of 16).
+    "recommended_8of32": Arm("token_efficiency", 8, "typical", num_generations=32),
 }
 
 
