@@ -238,7 +238,7 @@ def plot_frontier(tasks: list[str], settings: list[str], seeds: list[int], runs:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4.2), squeeze=False)
-    colors = plt.get_cmap("tab10").colors
+    colors = plt.get_cmap("tab10" if len(settings) <= 10 else "tab20").colors
     for ax, task in zip(axes[0], tasks):
         for i, setting in enumerate(settings):
             pts = [runs[key] for s in seeds if (key := (task, setting, s, *base)) in runs]
@@ -246,7 +246,7 @@ def plot_frontier(tasks: list[str], settings: list[str], seeds: list[int], runs:
                 ax.scatter(
                     [r["length"] for r in pts],
                     [r["reward"] for r in pts],
-                    color=colors[i % 10],
+                    color=colors[i % len(colors)],
                     marker="osD^vP*Xh<>"[i % 11],
                     s=50,
                     label=setting,
