@@ -530,6 +530,11 @@ def selection_metrics(
         # Completions kept only to make the batch's kept count a multiple of row_multiple.
         "gfpo/rounding_rows": float(added.sum()),
         "gfpo/missing_reward_frac": float((~valid).mean()) if valid.size else nan,
+        # Groups whose completions all have one length (typically all cut at the cap): a length-aware filter can
+        # only rank them by reward, and cannot shorten them. Near 1, add a punishment at the cap (DAPO's).
+        "gfpo/frac_group_equal_length": float((lengths.min(axis=1) == lengths.max(axis=1)).mean())
+        if lengths.size
+        else nan,
     }
     if signal is not None:
         # Groups that train on nothing: the kept set has no known reward, or the rewards its advantages are

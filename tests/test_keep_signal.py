@@ -223,6 +223,14 @@ def test_metrics_before_and_after_by_hand():
     assert m["gfpo/frac_kept_zero_std"] == pytest.approx(1 / 3)
     assert m["gfpo/frac_group_zero_std"] == pytest.approx(1 / 3)
     assert m["gfpo/keep_signal_swaps"] == 1
+    assert m["gfpo/frac_group_equal_length"] == 0.0
+
+
+def test_groups_of_one_length_are_counted():
+    """All of a group cut at the cap (one length): the filter has no length to prefer, and the metric says so."""
+    lengths = [[32, 32, 32, 32, 32, 32], [1, 2, 3, 4, 5, 6], [7, 7, 7, 7, 7, 7]]
+    m = step(REWARDS, lengths, 3, "typical").metrics
+    assert m["gfpo/frac_group_equal_length"] == pytest.approx(2 / 3)
 
 
 def test_group_baseline_counts_signal_from_the_whole_group():
