@@ -258,6 +258,20 @@ def checkers(r: dict, mode: str) -> dict[str, dict]:
     return {n: scored[n] for n in sorted(scored, key=lambda n: CHECKERS.index(n) if n in CHECKERS else len(CHECKERS))}
 
 
+def below_untrained(rs: dict[int, dict], base: dict[int, dict], names: list[str]) -> str:
+    """Seeds whose greedy held-out accuracy fell below the untrained model's under some checker, with the worst
+    drop ("none" if no seed did, "-" without a ``base`` run)."""
+    if not base:
+        return "-"
+    b = checkers(next(iter(base.values())), "greedy")  # greedy decoding: the same for every seed
+    out = []
+    for s in sorted(rs):
+        drop = min(checkers(rs[s], "greedy")[n]["accuracy"] - b[n]["accuracy"] for n in names)
+        if drop < 0:
+            out.append(f"seed {s}: {drop:+.3f}")
+    return ", ".join(out) or "none"
+
+
 def frontier_report(out: Path, only_seeds: list[int] | None = None) -> str:
     """The paper's-regime table: every arm of :data:`FRONTIER_ARMS` in ``out``, pooled over the seeds it has.
 
@@ -277,7 +291,7 @@ def frontier_report(out: Path, only_seeds: list[int] | None = None) -> str:
     head = ["arm", "seeds"]
     for mode in ("greedy", "sampled"):
         head += [f"{mode} {n}" for n in names] + [f"{mode} len", f"{mode} len / GRPO"]
-    head += ["train s/step CPU", "step CPU / GRPO", "train task reward last 5"]
+    head += ["train s/step CPU", "step CPU / GRPO", "train task reward last 5", "seeds below untrained (greedy)"]
     lines = ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     base = runs.get("base", {})
     if base:  # the untrained model: where every arm started
@@ -289,7 +303,7 @@ def frontier_report(out: Path, only_seeds: list[int] | None = None) -> str:
                 lo, hi = wilson(hits, total)
                 cells.append(f"{hits / total:.3f} [{lo:.2f}, {hi:.2f}]")
             cells += [f"{mean([r[mode]['mean_length'] for r in base.values()]):.1f}", "-"]
-        lines.append("| " + " | ".join(cells + ["-", "-", "-"]) + " |")
+        lines.append("| " + " | ".join(cells + ["-", "-", "-", "-"]) + " |")
     for arm in arms:
         rs = runs[arm]
         seeds = sorted(rs)
@@ -312,6 +326,7 @@ def frontier_report(out: Path, only_seeds: list[int] | None = None) -> str:
         cells.append(
             f"{mean([mean([x.get('task_reward', x['reward']) for x in rs[s]['history'][-5:]]) for s in seeds]):.2f}"
         )
+        cells.append(below_untrained(rs, base, names))
         lines.append("| " + " | ".join(cells) + " |")
     # per seed: accuracy under each checker (greedy / sampled), length, training CPU time and last task rewards
     lines += ["", "Per seed: accuracy greedy / sampled under each checker, mean length greedy / sampled.", ""]
