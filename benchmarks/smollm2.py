@@ -367,6 +367,9 @@ def plot_frontier(out: Path, path: Path) -> None:
                 ax.scatter(xs, ys, marker=markers[arm], color=colors[arm], s=55, label=arm, alpha=0.85)
                 for sd, x, y in zip(seeds, xs, ys):
                     ax.annotate(f"s{sd}", (x, y), fontsize=6, xytext=(4, -3), textcoords="offset points")
+            for b in runs.get("base", {}).values():  # where every arm started
+                ax.scatter([b[mode]["mean_length"]], [checkers(b, mode)[n]["accuracy"]], marker="x", color="black",
+                           s=60, label="untrained")  # fmt: skip
             ax.set(xlabel="mean length (tokens)", ylabel=f"accuracy ({n})", title=f"{mode}, checker {n}")
             ax.grid(alpha=0.3)
     axes[0][1].legend(fontsize=7, loc="lower right")
