@@ -355,7 +355,7 @@ def plot_frontier(out: Path, path: Path) -> None:
     first = next(iter(runs[arms[0]].values()))
     names = list(checkers(first, "greedy"))
     markers = dict(zip(FRONTIER_ARMS, "osD^vP*Xh<>p"))
-    colors = dict(zip(FRONTIER_ARMS, plt.get_cmap("tab10").colors))
+    colors = dict(zip(FRONTIER_ARMS, plt.get_cmap("tab20").colors[::2] + plt.get_cmap("tab20").colors[1::2]))
     fig, axes = plt.subplots(len(names), 2, figsize=(11, 4 * len(names)), squeeze=False)
     for row, n in enumerate(names):
         for col, mode in enumerate(("greedy", "sampled")):
