@@ -258,6 +258,16 @@ def checkers(r: dict, mode: str) -> dict[str, dict]:
     return {n: scored[n] for n in sorted(scored, key=lambda n: CHECKERS.index(n) if n in CHECKERS else len(CHECKERS))}
 
 
+def pooled_accuracy(runs: list[dict], mode: str, name: str) -> str:
+    """Accuracy under checker ``name`` pooled over the answers of ``runs``, with its 95% Wilson interval."""
+    from gfpo_filters.experiments.smollm2 import wilson
+
+    hits = sum(round(checkers(r, mode)[name]["accuracy"] * r[mode]["n"]) for r in runs)
+    total = sum(r[mode]["n"] for r in runs)
+    lo, hi = wilson(hits, total)
+    return f"{hits / total:.3f} [{lo:.2f}, {hi:.2f}]"
+
+
 def below_untrained(rs: dict[int, dict], base: dict[int, dict], names: list[str]) -> str:
     """Seeds whose greedy held-out accuracy fell below the untrained model's under some checker, with the worst
     drop ("none" if no seed did, "-" without a ``base`` run)."""
@@ -278,7 +288,6 @@ def frontier_report(out: Path, only_seeds: list[int] | None = None) -> str:
     Accuracy under every checker the evaluation scored, pooled over all answers with a Wilson interval; mean length;
     length and accuracy against GRPO of the same seed (mean over the seeds both have); training CPU time per step.
     """
-    from gfpo_filters.experiments.smollm2 import wilson
 
     runs = load(out)
     if only_seeds is not None:
@@ -297,11 +306,7 @@ def frontier_report(out: Path, only_seeds: list[int] | None = None) -> str:
     if base:  # the untrained model: where every arm started
         cells = ["base (untrained)", "-"]
         for mode in ("greedy", "sampled"):
-            for n in names:
-                hits = sum(round(checkers(r, mode)[n]["accuracy"] * r[mode]["n"]) for r in base.values())
-                total = sum(r[mode]["n"] for r in base.values())
-                lo, hi = wilson(hits, total)
-                cells.append(f"{hits / total:.3f} [{lo:.2f}, {hi:.2f}]")
+            cells += [pooled_accuracy(list(base.values()), mode, n) for n in names]
             cells += [f"{mean([r[mode]['mean_length'] for r in base.values()]):.1f}", "-"]
         lines.append("| " + " | ".join(cells + ["-", "-", "-", "-"]) + " |")
     for arm in arms:
@@ -309,11 +314,7 @@ def frontier_report(out: Path, only_seeds: list[int] | None = None) -> str:
         seeds = sorted(rs)
         cells = [arm, ",".join(map(str, seeds))]
         for mode in ("greedy", "sampled"):
-            for n in names:
-                hits = sum(round(checkers(rs[s], mode)[n]["accuracy"] * rs[s][mode]["n"]) for s in seeds)
-                total = sum(rs[s][mode]["n"] for s in seeds)
-                lo, hi = wilson(hits, total)
-                cells.append(f"{hits / total:.3f} [{lo:.2f}, {hi:.2f}]")
+            cells += [pooled_accuracy([rs[s] for s in seeds], mode, n) for n in names]
             cells.append(f"{mean([rs[s][mode]['mean_length'] for s in seeds]):.1f}")
             paired = [s for s in seeds if s in runs["grpo"]]
             ratio = [rs[s][mode]["mean_length"] / runs["grpo"][s][mode]["mean_length"] for s in paired]
