@@ -27,6 +27,7 @@ from tests.trainer_utils import (  # noqa: E402
     Recorder,
     capture_batches,
     decode_rows,
+    leave_worker,
     tiny_args,
     tiny_parts,
 )
@@ -275,12 +276,4 @@ if __name__ == "__main__":
     modes = {"selection": main, "keep_signal": lambda out: main(out, keep_signal="swap")}
     modes.update(exact=exact, features=features, positions=positions)
     modes[sys.argv[2] if len(sys.argv) > 2 else "selection"](sys.argv[1], *sys.argv[3:])
-    # The work is done and written. Tear the process group down and leave without the interpreter's shutdown:
-    # there, torch's C++ destructors sometimes abort a process under load ("terminate called without an active
-    # exception", exit code -6) after its work is done, failing the run for nothing the test checks.
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    leave_worker()

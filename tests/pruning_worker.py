@@ -8,14 +8,20 @@ OUT_DIR/PRUNE-rank{N}.json the rows it trained (text, advantage), the rows its r
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gfpo_filters.trainer import GFPOTrainer  # noqa: E402
-from tests.trainer_utils import Recorder, capture_batches, decode_rows, tiny_args, tiny_parts  # noqa: E402
+from tests.trainer_utils import (  # noqa: E402
+    Recorder,
+    capture_batches,
+    decode_rows,
+    leave_worker,
+    tiny_args,
+    tiny_parts,
+)
 
 
 class Calls(Recorder):
@@ -69,11 +75,4 @@ if __name__ == "__main__":
 
     torch.set_num_threads(1)
     main(sys.argv[1], sys.argv[2])
-    # As in distributed_worker.py: the work is written; leave without the interpreter's shutdown, where torch's C++
-    # destructors sometimes abort a process under load ("terminate called without an active exception").
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    leave_worker()
